@@ -1,0 +1,41 @@
+"""Test setup: 8 fake CPU devices (for sharding tests) and a persistent compilation cache.
+
+Must run before jax is imported anywhere, which pytest guarantees for the root conftest.
+"""
+
+import os
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+REPO_ROOT = _ROOT
+SHARED_DIR = _ROOT.parent / "shared"
+HH_DIR = SHARED_DIR / "data" / "hh-rlhf"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def hh_dir() -> Path:
+    if not (HH_DIR / "harmless-base" / "test.jsonl.gz").exists():
+        pytest.fail(f"HH-RLHF data not found at {HH_DIR} (expected ../shared beside the repo)")
+    return HH_DIR
+
+
+def pytest_report_header(config):
+    return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"
