@@ -1,0 +1,470 @@
+"""Anthropic HH-RLHF preference pairs as a TFDS dataset (array_record, no TensorFlow needed).
+
+The paper's experiments (InfAlign, Sec. 5) align on Anthropic HH. Each input line is
+``{"chosen": str, "rejected": str}``; both are whole dialogues (``\\n\\nHuman: ...\\n\\nAssistant: ...``)
+that share every turn but the last Assistant reply.
+This module splits a pair into the shared prompt (dialogue up to and including the last ``\\n\\nAssistant:``)
+and the two replies, checks that both texts really share that prompt, and writes records
+``{"id": int, "prompt": str, "chosen": str, "rejected": str}`` into deterministic ``train`` / ``eval`` splits
+(≈90/10 by a stable hash of the prompt, so one prompt never lands in both splits).
+
+Input directory layout = the original repository's: ``<subset>/<split>.jsonl.gz`` (e.g.
+``harmless-base/test.jsonl.gz``). Default: the shared copy (``$INFALIGN_HH_DIR`` or ``../shared/data/hh-rlhf``
+beside the repo checkout).
+
+CLI::
+
+    python -m infalign_jax.data.hh --manual-dir DIR --data-dir DIR [--subsets harmless-base] [--skip-bad]
+
+Bad input (a malformed JSON line, missing keys, pairs whose prompts differ) raises one :class:`UsageError`
+naming the file and line (CLI exit 2); ``--skip-bad`` skips such lines and reports their counts instead. The
+dataset is built in a temporary directory and moved into place, so a failed build never corrupts an earlier
+one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from infalign_jax.cli import UsageError, run_main
+from infalign_jax.io_utils import atomic_directory, atomic_write_json
+
+ASSISTANT = "\n\nAssistant:"
+HUMAN = "\n\nHuman:"
+DATASET_NAME = "hh_rlhf"
+VERSION = "1.0.0"
+SPLITS = ("train", "eval")
+DEFAULT_SUBSETS = ("harmless-base",)
+DEFAULT_EVAL_PERCENT = 10
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+def split_dialogue(text: str) -> tuple[str, str]:
+    """Splits one HH dialogue into ``(prompt, reply)``.
+
+    ``prompt`` is ``text`` up to and including the last ``"\\n\\nAssistant:"``; ``reply`` is the rest,
+    stripped.
+    Raises :class:`UsageError` if the text has no Assistant turn.
+    """
+    i = text.rfind(ASSISTANT)
+    if i < 0:
+        raise UsageError("dialogue has no '\\n\\nAssistant:' turn")
+    cut = i + len(ASSISTANT)
+    return text[:cut], text[cut:].strip()
+
+
+def split_pair(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Splits a preference pair into ``(prompt, chosen_reply, rejected_reply)`` and checks the prompt is
+    shared.
+
+    The prompt is the shorter of the two texts' "up to the last Assistant:" prefixes that both texts start
+    with. For almost all pairs both prefixes are equal; a few real HH replies themselves contain
+    ``"\\n\\nAssistant:"`` (the model went on writing turns), and then the other text's prefix is the
+    shared prompt. Raises :class:`UsageError` when no such shared prompt exists (the pair's dialogues differ
+    before the final reply).
+    """
+    prompt_c, _ = split_dialogue(chosen)
+    prompt_r, _ = split_dialogue(rejected)
+    for prompt in sorted({prompt_c, prompt_r}, key=len):
+        if chosen.startswith(prompt) and rejected.startswith(prompt):
+            return prompt, chosen[len(prompt) :].strip(), rejected[len(prompt) :].strip()
+    n = 0
+    while n < min(len(prompt_c), len(prompt_r)) and prompt_c[n] == prompt_r[n]:
+        n += 1
+    raise UsageError(f"chosen and rejected do not share a prompt (they differ from character {n})")
+
+
+def dialogue_turns(text: str) -> list[tuple[str, str]]:
+    """Splits a dialogue into ``[(role, text), ...]`` with role ``"Human"`` or ``"Assistant"`` (texts
+    stripped).
+
+    Text before the first turn marker (normally empty) is dropped. Used for display and for loss masks.
+    """
+    out: list[tuple[str, str]] = []
+    pos = 0
+    markers = (HUMAN, ASSISTANT)
+    role = None
+    while True:
+        nxt = [(text.find(m, pos), m) for m in markers]
+        nxt = [(i, m) for i, m in nxt if i >= 0]
+        end = min(nxt)[0] if nxt else len(text)
+        if role is not None:
+            out.append((role, text[pos:end].strip()))
+        if not nxt:
+            return out
+        i, m = min(nxt)
+        role = m.strip().rstrip(":")
+        pos = i + len(m)
+
+
+def prompt_split(prompt: str, eval_percent: int = DEFAULT_EVAL_PERCENT) -> str:
+    """``"eval"`` for ≈``eval_percent``% of prompts, else ``"train"``: a stable (sha256) hash of the prompt
+    text."""
+    h = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
+    return "eval" if h % 1000 < 10 * eval_percent else "train"
+
+
+@dataclass
+class ParseReport:
+    """Counts of a parse: examples kept per split and lines skipped per reason (only with ``skip_bad``)."""
+
+    n_lines: int = 0
+    kept: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"n_lines": self.n_lines, "kept": dict(self.kept), "skipped": dict(self.skipped)}
+
+
+def input_files(manual_dir: str | os.PathLike, subsets: Sequence[str] | None = DEFAULT_SUBSETS) -> list[Path]:
+    """The ``<subset>/{train,test}.jsonl.gz`` files under ``manual_dir`` in a fixed order.
+
+    ``subsets=None`` takes every subset directory found. A missing directory, subset, or an empty selection
+    raises :class:`UsageError`.
+    """
+    root = Path(manual_dir)
+    if not root.is_dir():
+        raise UsageError(f"HH-RLHF directory not found: {root}")
+    if subsets is None:
+        subsets = sorted(p.parent.name for p in root.glob("*/*.jsonl.gz"))
+        subsets = sorted(set(subsets))
+    files: list[Path] = []
+    for s in subsets:
+        found = [root / s / f"{name}.jsonl.gz" for name in ("train", "test")]
+        found = [p for p in found if p.is_file()]
+        if not found:
+            raise UsageError(f"no {s}/train.jsonl.gz or {s}/test.jsonl.gz under {root}")
+        files.extend(found)
+    if not files:
+        raise UsageError(f"no <subset>/<split>.jsonl.gz files under {root}")
+    return files
+
+
+def iter_pairs(
+    files: Sequence[Path], skip_bad: bool = False, report: ParseReport | None = None
+) -> Iterator[tuple[int, str, str, str]]:
+    """Yields ``(id, prompt, chosen_reply, rejected_reply)`` for every valid line of ``files`` in order.
+
+    ``id`` is the line's position in the concatenation of all files (0-based, counting skipped lines too, so
+    ids are stable under ``skip_bad``). A bad line raises :class:`UsageError` ``"<file>:<line>: <problem>"``
+    unless ``skip_bad``, which counts it in ``report.skipped`` by reason.
+    """
+    report = report if report is not None else ParseReport()
+    gid = 0
+    for path in files:
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path}: cannot read gzip'd UTF-8 text: {e}") from e
+        for lineno, line in enumerate(lines, start=1):
+            gid += 1
+            if not line.strip():
+                continue
+            report.n_lines += 1
+            try:
+                yield (gid - 1, *_parse_line(line))
+            except _BadLine as e:
+                if not skip_bad:
+                    raise UsageError(f"{path}:{lineno}: {e} (use --skip-bad to skip such lines)") from None
+                report.skipped[e.reason] += 1
+
+
+class _BadLine(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _parse_line(line: str) -> tuple[str, str, str]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise _BadLine("malformed_json", f"malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise _BadLine("malformed_json", f"expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in ("chosen", "rejected") if not isinstance(obj.get(k), str)]
+    if missing:
+        raise _BadLine("missing_key", f"missing or non-string key(s): {', '.join(missing)}")
+    try:
+        return split_pair(obj["chosen"], obj["rejected"])
+    except UsageError as e:
+        reason = "no_assistant_turn" if "no '" in str(e) else "prompt_mismatch"
+        raise _BadLine(reason, str(e)) from None
+
+
+def parse_hh(
+    manual_dir: str | os.PathLike | None = None,
+    subsets: Sequence[str] | None = DEFAULT_SUBSETS,
+    skip_bad: bool = False,
+    eval_percent: int = DEFAULT_EVAL_PERCENT,
+) -> tuple[dict[str, list[dict]], ParseReport]:
+    """Parses the HH files into ``{"train": [...], "eval": [...]}`` record lists (ordered by id) and a
+    report."""
+    files = input_files(resolve_manual_dir(manual_dir), subsets)
+    report = ParseReport()
+    out: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for gid, prompt, chosen, rejected in iter_pairs(files, skip_bad=skip_bad, report=report):
+        split = prompt_split(prompt, eval_percent)
+        out[split].append({"id": gid, "prompt": prompt, "chosen": chosen, "rejected": rejected})
+        report.kept[split] += 1
+    return out, report
+
+
+def resolve_manual_dir(manual_dir: str | os.PathLike | None = None) -> Path:
+    """``manual_dir`` if given, else ``$INFALIGN_HH_DIR``, else the shared copy ``../shared/data/hh-rlhf``.
+
+    The shared copy is looked up beside the repository checkout and beside the current directory.
+    """
+    if manual_dir is not None:
+        return Path(manual_dir)
+    if os.environ.get("INFALIGN_HH_DIR"):
+        return Path(os.environ["INFALIGN_HH_DIR"])
+    for base in (_REPO_ROOT, Path.cwd()):
+        cand = base.parent / "shared" / "data" / "hh-rlhf"
+        if cand.is_dir():
+            return cand
+    raise UsageError(
+        "HH-RLHF data not found: pass --manual-dir, set INFALIGN_HH_DIR, "
+        "or put the data in ../shared/data/hh-rlhf"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- TFDS builder
+
+
+def _builder_cls():
+    """The TFDS builder class (defined lazily: importing tensorflow_datasets costs ~1 s)."""
+    global _BUILDER
+    if _BUILDER is not None:
+        return _BUILDER
+    import tensorflow_datasets as tfds
+
+    class HhRlhf(tfds.core.GeneratorBasedBuilder):
+        """HH-RLHF preference pairs split into prompt / chosen / rejected, with hash-based train/eval
+        splits."""
+
+        VERSION = tfds.core.Version(_VERSION_STR)
+        RELEASE_NOTES = {
+            _VERSION_STR: "prompt/chosen/rejected records, 90/10 train/eval split by sha256(prompt)."
+        }
+        MANUAL_DOWNLOAD_INSTRUCTIONS = (
+            "Point manual_dir at a copy of anthropics/hh-rlhf (<subset>/<split>.jsonl.gz)."
+        )
+
+        @tfds.core.utils.classproperty
+        @classmethod
+        def code_path(cls):
+            # TFDS' default probes importlib_resources (not installed) when the package comes from an editable
+            # install; this module's own file is the right answer anyway.
+            from etils import epath
+
+            return epath.Path(__file__)
+
+        def __init__(
+            self, *, subsets=DEFAULT_SUBSETS, skip_bad=False, eval_percent=DEFAULT_EVAL_PERCENT, **kw
+        ):
+            self._subsets = None if subsets is None else tuple(subsets)
+            self._skip_bad = skip_bad
+            self._eval_percent = eval_percent
+            self.parse_report: ParseReport | None = None
+            super().__init__(**kw)
+
+        def _info(self):
+            text = tfds.features.Text()
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=__doc__,
+                features=tfds.features.FeaturesDict(
+                    {"id": np.int64, "prompt": text, "chosen": text, "rejected": text}
+                ),
+                homepage="https://github.com/anthropics/hh-rlhf",
+                license="MIT",
+                disable_shuffling=True,
+            )
+
+        def _split_generators(self, dl_manager):
+            records, self.parse_report = parse_hh(
+                dl_manager.manual_dir, self._subsets, self._skip_bad, self._eval_percent
+            )
+            # TFDS cannot write an empty split; load_hh serves a missing split as an empty source.
+            return {s: self._generate_examples(records[s]) for s in SPLITS if records[s]}
+
+        def _generate_examples(self, records):
+            for r in records:
+                yield r["id"], r
+
+    _BUILDER = HhRlhf
+    return HhRlhf
+
+
+_BUILDER = None
+_VERSION_STR = VERSION
+
+
+def dataset_dir(data_dir: str | os.PathLike) -> Path:
+    """Where :func:`build_hh` puts the prepared dataset: ``<data_dir>/hh_rlhf/<version>``."""
+    return Path(data_dir) / DATASET_NAME / VERSION
+
+
+def build_hh(
+    manual_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike = "runs/data",
+    subsets: Sequence[str] | None = DEFAULT_SUBSETS,
+    skip_bad: bool = False,
+    eval_percent: int = DEFAULT_EVAL_PERCENT,
+) -> Path:
+    """Builds the dataset into ``<data_dir>/hh_rlhf/<version>`` and returns that path.
+
+    Built in a temporary sibling directory and moved into place only on success, so an existing build is never
+    corrupted. Writes ``parse_report.json`` (kept / skipped counts) beside the TFDS files. Bad lines raise
+    :class:`UsageError` (with file and line) unless ``skip_bad``.
+    """
+    import tensorflow_datasets as tfds
+
+    manual = resolve_manual_dir(manual_dir)
+    input_files(manual, subsets)  # fail early, before TFDS, on a missing directory or subset
+    if not 0 < eval_percent < 100:
+        raise UsageError(f"eval_percent must be in (0, 100), got {eval_percent}")
+    final = dataset_dir(data_dir)
+    with atomic_directory(final) as tmp:
+        scratch = tmp / "_build"
+        builder = _builder_cls()(
+            subsets=subsets,
+            skip_bad=skip_bad,
+            eval_percent=eval_percent,
+            data_dir=str(scratch),
+            file_format="array_record",
+        )
+        builder.download_and_prepare(
+            download_dir=str(scratch / "downloads"),
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual)),
+        )
+        for p in Path(builder.data_dir).iterdir():
+            shutil.move(str(p), tmp / p.name)
+        shutil.rmtree(scratch)
+        tmp.chmod(0o755)
+        report = builder.parse_report.as_dict()
+        report.update(
+            manual_dir=str(manual),
+            subsets=None if subsets is None else list(subsets),
+            eval_percent=eval_percent,
+            skip_bad=skip_bad,
+        )
+        atomic_write_json(tmp / "parse_report.json", report)
+    return final
+
+
+class HHSource:
+    """Random-access view of one split: ``len(src)``, ``src[i] -> {"id": int, "prompt": str, "chosen": str,
+    "rejected": str}`` (python values). Picklable-free and cheap; works as a grain ``MapDataset`` source."""
+
+    def __init__(self, tfds_source):
+        self._src = tfds_source
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        n = len(self._src)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} records")
+        return _decode(self._src[i % n])
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitems__(self, idx: Sequence[int]) -> list[dict]:
+        return [self[i] for i in idx]
+
+    def __repr__(self) -> str:
+        return f"HHSource(n={len(self)})"
+
+
+def _decode(rec: dict) -> dict:
+    out = {}
+    for k, v in rec.items():
+        v = v.item() if isinstance(v, np.generic | np.ndarray) else v
+        out[k] = v.decode("utf-8") if isinstance(v, bytes) else (int(v) if k == "id" else v)
+    return out
+
+
+def load_hh(split: str, data_dir: str | os.PathLike = "runs/data") -> HHSource:
+    """Opens split ``"train"`` or ``"eval"`` of a dataset built by :func:`build_hh` in ``data_dir``.
+
+    Also accepts the dataset directory itself (``<data_dir>/hh_rlhf/<version>``). Missing dataset →
+    UsageError.
+    """
+    import tensorflow_datasets as tfds
+
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; expected one of {SPLITS}")
+    path = Path(data_dir)
+    if not (path / "dataset_info.json").exists():
+        path = dataset_dir(data_dir)
+    if not (path / "dataset_info.json").exists():
+        raise UsageError(
+            f"no HH dataset at {data_dir}; build it with: "
+            f"python -m infalign_jax.data.hh --data-dir {data_dir}"
+        )
+    builder = tfds.builder_from_directory(str(path))
+    if split not in builder.info.splits:
+        return HHSource([])  # too little input for this split to get any example
+    return HHSource(builder.as_data_source(split=split))
+
+
+def build_or_load(split: str, data_dir: str | os.PathLike = "runs/data", manual_dir=None) -> HHSource:
+    """:func:`load_hh`, building the dataset first (default source) if it is not there yet."""
+    if not (dataset_dir(data_dir) / "dataset_info.json").exists():
+        build_hh(manual_dir, data_dir)
+    return load_hh(split, data_dir)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m infalign_jax.data.hh", description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--manual-dir",
+        default=None,
+        help="HH-RLHF directory (<subset>/<split>.jsonl.gz); "
+        "default $INFALIGN_HH_DIR or ../shared/data/hh-rlhf",
+    )
+    ap.add_argument("--data-dir", default="runs/data", help="output TFDS data dir (default runs/data)")
+    ap.add_argument(
+        "--subsets",
+        default=",".join(DEFAULT_SUBSETS),
+        help="comma-separated subsets, or 'all' (default harmless-base)",
+    )
+    ap.add_argument("--eval-percent", type=int, default=DEFAULT_EVAL_PERCENT)
+    ap.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of failing")
+    args = ap.parse_args(argv)
+    subsets = None if args.subsets == "all" else tuple(s for s in args.subsets.split(",") if s)
+    path = build_hh(args.manual_dir, args.data_dir, subsets, args.skip_bad, args.eval_percent)
+    report = json.loads((path / "parse_report.json").read_text())
+    kept = report["kept"]
+    print(
+        f"built {path}: train={kept.get('train', 0)} eval={kept.get('eval', 0)} "
+        f"skipped={sum(report['skipped'].values())} {report['skipped'] or ''}".rstrip()
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,139 @@
+"""HH-RLHF parsing, the TFDS builder, bad-input errors and the CLI."""
+
+import gzip
+import json
+
+import pytest
+
+from infalign_jax.cli import UsageError, run_main
+from infalign_jax.data import hh
+from infalign_jax.data.hh import build_hh, dialogue_turns, load_hh, split_dialogue, split_pair
+
+MULTI = "\n\nHuman: hi\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant:  fine, thanks. "
+
+
+def _write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for ln in lines:
+            f.write((ln if isinstance(ln, str) else json.dumps(ln)) + "\n")
+
+
+def _pair(q, a, b):
+    return {"chosen": f"\n\nHuman: {q}\n\nAssistant: {a}", "rejected": f"\n\nHuman: {q}\n\nAssistant: {b}"}
+
+
+def test_split_dialogue_single_and_multi_turn():
+    assert split_dialogue("\n\nHuman: q?\n\nAssistant: yes.") == ("\n\nHuman: q?\n\nAssistant:", "yes.")
+    prompt, reply = split_dialogue(MULTI)
+    assert prompt == "\n\nHuman: hi\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant:"
+    assert reply == "fine, thanks."
+    with pytest.raises(UsageError, match="no '"):
+        split_dialogue("\n\nHuman: only a question")
+
+
+def test_dialogue_turns_multi_turn():
+    assert dialogue_turns(MULTI) == [
+        ("Human", "hi"),
+        ("Assistant", "hello!"),
+        ("Human", "how are you?"),
+        ("Assistant", "fine, thanks."),
+    ]
+
+
+def test_split_pair_shared_prompt_and_embedded_assistant_turn():
+    p = "\n\nHuman: a\n\nAssistant:"
+    assert split_pair(p + " x", p + " y") == (p, "x", "y")
+    # A reply that itself goes on with more turns (5 such pairs exist in the real file): the shorter prefix is
+    # shared.
+    long = p + " x\n\nHuman: more\n\nAssistant: z"
+    assert split_pair(long, p + " y") == (p, "x\n\nHuman: more\n\nAssistant: z", "y")
+    assert split_pair(p + " y", long) == (p, "y", "x\n\nHuman: more\n\nAssistant: z")
+    with pytest.raises(UsageError, match="do not share a prompt"):
+        split_pair("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: b\n\nAssistant: x")
+
+
+def test_prompt_split_is_stable_and_roughly_ten_percent():
+    splits = [hh.prompt_split(f"prompt {i}") for i in range(4000)]
+    assert splits == [hh.prompt_split(f"prompt {i}") for i in range(4000)]
+    assert 0.08 < splits.count("eval") / 4000 < 0.12
+
+
+@pytest.mark.parametrize(
+    "bad, reason, message",
+    [
+        ('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": ', "malformed_json", "malformed JSON"),
+        ({"chosen": "\n\nHuman: a\n\nAssistant: b"}, "missing_key", "missing or non-string key.*rejected"),
+        (
+            {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: b"},
+            "prompt_mismatch",
+            "chosen and rejected do not share a prompt",
+        ),
+    ],
+)
+def test_bad_line_error_names_file_and_line_and_skip_counts(tmp_path, bad, reason, message):
+    src = tmp_path / "hh"
+    _write(src / "harmless-base" / "train.jsonl.gz", [_pair("q1", "a", "b"), _pair("q2", "c", "d"), bad])
+    with pytest.raises(UsageError, match=rf"harmless-base/train\.jsonl\.gz:3: {message}"):
+        build_hh(src, tmp_path / "out")
+    assert not (tmp_path / "out" / "hh_rlhf").exists() or not any((tmp_path / "out" / "hh_rlhf").iterdir())
+    path = build_hh(src, tmp_path / "out", skip_bad=True)
+    report = json.loads((path / "parse_report.json").read_text())
+    assert report["skipped"] == {reason: 1}
+    assert sum(report["kept"].values()) == 2
+    assert len(load_hh("train", tmp_path / "out")) + len(load_hh("eval", tmp_path / "out")) == 2
+
+
+def test_cli_exit_2_and_failed_build_keeps_previous(tmp_path, capsys):
+    src = tmp_path / "hh"
+    _write(src / "harmless-base" / "test.jsonl.gz", [_pair(f"q{i}", "good", "bad") for i in range(30)])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(out)])
+    assert e.value.code == 0
+    before = sorted(r["id"] for s in ("train", "eval") for r in load_hh(s, out))
+    assert before == list(range(30))
+    # Now the input gains a bad line: the CLI fails with exit 2 and the earlier build is untouched.
+    _write(src / "harmless-base" / "test.jsonl.gz", [_pair("x", "y", "z"), "not json"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "test.jsonl.gz:2: malformed JSON" in err
+    assert sorted(r["id"] for s in ("train", "eval") for r in load_hh(s, out)) == before
+    with pytest.raises(SystemExit) as e:
+        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(out), "--skip-bad"])
+    assert e.value.code == 0
+    assert "skipped=1" in capsys.readouterr().out
+
+
+def test_missing_inputs_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        build_hh(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="harmless-base"):
+        build_hh(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(UsageError, match="no HH dataset"):
+        load_hh("train", tmp_path / "out")
+    with pytest.raises(UsageError, match="unknown split"):
+        load_hh("test", tmp_path / "out")
+
+
+def test_real_shared_file_builds_all_pairs_with_disjoint_splits(hh_dir, tmp_path):
+    build_hh(hh_dir, tmp_path)
+    train, evl = load_hh("train", tmp_path), load_hh("eval", tmp_path)
+    assert len(train) + len(evl) == 2312
+    assert 0.07 < len(evl) / 2312 < 0.13
+    recs = list(train) + list(evl)
+    assert sorted(r["id"] for r in recs) == list(range(2312))
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in evl}
+    for r in recs:
+        assert r["prompt"].startswith("\n\nHuman:") and r["prompt"].endswith("\n\nAssistant:")
+        assert isinstance(r["chosen"], str) and isinstance(r["rejected"], str)
+    # Spot-check one record against the raw line it came from.
+    raw = gzip.open(hh_dir / "harmless-base" / "test.jsonl.gz", "rt").read().splitlines()
+    r = next(r for r in recs if r["id"] == 0)
+    line = json.loads(raw[0])
+    assert r["prompt"] + " " + r["chosen"] == line["chosen"]
+    assert r["prompt"] + " " + r["rejected"] == line["rejected"]
