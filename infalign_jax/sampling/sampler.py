@@ -1,0 +1,276 @@
+"""The vmapped best-of-N sampler: one jitted prefill per prompt, N samples decode against the shared cache.
+
+Structure of one call (all inside a single ``jax.jit``):
+
+1. ``model.prefill`` runs ONCE on the ``[B, T]`` left-padded prompts and returns the next-token logits and the
+   prompt KV cache ``[B, T, Hkv, D]`` per layer.
+2. The N samples of a prompt share that cache: ``model.decode_step`` is ``jax.vmap``-ed over samples with
+   ``in_axes=None`` for the prompt cache (broadcast inside the attention dot, never copied N times) and ``0``
+   for the per-sample token and per-sample cache ``[N, B, L, Hkv, D]``.
+3. A ``lax.while_loop`` decodes one token per step, updating the per-sample cache and the ``[L, N, B]``
+   outputs in place (``dynamic_update_slice`` on loop-carried buffers), and stops early once every sequence
+   has emitted EOS.
+
+Randomness is per (prompt, sample, step): ``fold_in(fold_in(key_b, n), step)`` with one uniform per row (see
+:func:`~infalign_jax.sampling.filters.sample_categorical`), so samples do not depend on batch position, bucket
+padding or how the batch is sharded — 8-device sampling equals 1-device sampling for the same keys.
+
+:class:`Sampler` is the host API: pads prompts to fixed length/batch buckets (new prompts of a known bucket
+never recompile; ``trace_count`` counts traces), shards the prompt batch over the mesh's ``'data'`` axis and
+returns numpy. :func:`generate` is the pure function, for callers that jit it inside their own step (e.g. the
+CTRL trainer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from infalign_jax.cli import UsageError
+from infalign_jax.mesh import DATA, data_sharding, replicated
+from infalign_jax.sampling.filters import NEG_INF, SamplingConfig, model_logprob, sample_token
+
+DEFAULT_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class SampleOutput(NamedTuple):
+    """N sampled continuations per prompt. ``B`` prompts, ``N`` samples, ``L = max_new_tokens``.
+
+    tokens: int32 [B, N, L]; ``pad_id`` after the end of each sequence.
+    mask: bool [B, N, L]; True for generated tokens, up to and including the first EOS.
+    lengths: int32 [B, N]; ``mask.sum(-1)``.
+    logprobs: float32 [B, N, L]; the MODEL's log-probability of each token at temperature 1 without filters,
+      ``log softmax(logits)[y_t]`` — the log π(y_t | x, y_<t) a policy-gradient trainer needs. 0 where mask is
+      False.
+    sample_logprobs: float32 [B, N, L]; log-probability under the distribution actually sampled from
+      (temperature, top-k, top-p and EOS suppression applied); 0 for greedy and where mask is False.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    lengths: jax.Array
+    logprobs: jax.Array
+    sample_logprobs: jax.Array
+
+
+def _row_keys(keys_b: jax.Array, n: int, step) -> jax.Array:
+    """Typed keys [N, B] for one generation step: fold_in(fold_in(key_b, sample), step)."""
+    keys_nb = jax.vmap(lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(keys_b))(jnp.arange(n))
+    return jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, step)))(keys_nb)
+
+
+def generate(
+    model,
+    prompt_bt: jax.Array,
+    prompt_mask_bt: jax.Array,
+    keys_b: jax.Array,
+    *,
+    n: int,
+    max_new_tokens: int,
+    config: SamplingConfig = SamplingConfig(),
+    eos_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    batch_sharding: NamedSharding | None = None,
+) -> SampleOutput:
+    """Samples ``n`` continuations of each of the B left-padded prompts (pure; call it under ``jax.jit``).
+
+    model: a Transformer of :mod:`infalign_jax.models` (``prefill`` / ``init_sample_cache`` /
+    ``decode_step``). prompt_bt, prompt_mask_bt: int32 [B, T] left-padded prompts and their mask (1 = real
+    token; each row needs >= 1). keys_b: typed PRNG keys [B], one per prompt (derive with
+    ``jax.random.split``); greedy ignores them. eos_ids: tokens that end a sequence (static); ``()`` disables
+    early stopping. batch_sharding: optional sharding of [B]-leading arrays; the sampler constrains the [L, N,
+    B] buffers to match.
+    """
+    if max_new_tokens < 1 or n < 1:
+        raise UsageError(f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}")
+    L, B = max_new_tokens, prompt_bt.shape[0]
+    eos_e = jnp.asarray(tuple(eos_ids), jnp.int32).reshape(-1)
+
+    def constrain(x, axis):  # shard the prompt-batch axis of loop buffers like the inputs
+        if batch_sharding is None:
+            return x
+        spec = [None] * x.ndim
+        spec[axis] = DATA
+        return jax.lax.with_sharding_constraint(x, NamedSharding(batch_sharding.mesh, PartitionSpec(*spec)))
+
+    def pick(step, logits_nbv):
+        """(token, model logprob, sampling logprob) [N, B] from the logits of generation step ``step``."""
+        sample_logits = logits_nbv
+        if config.min_new_tokens > 0 and eos_e.size:
+            suppress = (step < config.min_new_tokens) & jnp.isin(jnp.arange(logits_nbv.shape[-1]), eos_e)
+            sample_logits = jnp.where(suppress, NEG_INF, logits_nbv)
+        tok, slp = sample_token(_row_keys(keys_b, n, step), sample_logits, config)
+        return tok, model_logprob(logits_nbv, tok), slp
+
+    logits_bv, prefix_cache = model.prefill(prompt_bt, prompt_mask_bt, max_new_tokens)
+    cache_n = jax.vmap(lambda _: model.init_sample_cache(B, max_new_tokens))(jnp.arange(n))
+    decode_n = jax.vmap(model.decode_step, in_axes=(0, None, None, 0))
+
+    tok, lp, slp = pick(0, jnp.broadcast_to(logits_bv, (n, *logits_bv.shape)))
+    done = jnp.isin(tok, eos_e)
+    buf = lambda fill, dtype, first: constrain(jnp.full((L, n, B), fill, dtype).at[0].set(first), 2)
+    carry = (
+        jnp.int32(0),
+        tok,
+        done,
+        cache_n,
+        buf(pad_id, jnp.int32, tok),
+        buf(True, jnp.bool_, jnp.ones_like(done)),
+        buf(0.0, jnp.float32, lp),
+        buf(0.0, jnp.float32, slp),
+    )
+
+    def cond(carry):
+        step, _, done = carry[:3]
+        return (step + 1 < L) & ~jnp.all(done)
+
+    def body(carry):
+        step, tok, done, cache_n, out_tok, out_mask, out_lp, out_slp = carry
+        logits_nbv, cache_n = decode_n(tok, step, prefix_cache, cache_n)
+        new, lp, slp = pick(step + 1, logits_nbv)
+        live = ~done
+        out_tok = out_tok.at[step + 1].set(jnp.where(live, new, pad_id))
+        out_mask = out_mask.at[step + 1].set(live)
+        out_lp = out_lp.at[step + 1].set(jnp.where(live, lp, 0.0))
+        out_slp = out_slp.at[step + 1].set(jnp.where(live, slp, 0.0))
+        done = done | jnp.isin(new, eos_e)
+        return step + 1, new, done, cache_n, out_tok, out_mask, out_lp, out_slp
+
+    *_, out_tok, out_mask, out_lp, out_slp = jax.lax.while_loop(cond, body, carry)
+    # Steps never reached (early stop) keep their fill: pad / False / 0.
+    bnl = lambda x: constrain(jnp.transpose(x, (2, 1, 0)), 0)
+    mask = bnl(out_mask)
+    return SampleOutput(
+        tokens=bnl(out_tok),
+        mask=mask,
+        lengths=jnp.sum(mask, -1, dtype=jnp.int32),
+        logprobs=bnl(out_lp),
+        sample_logprobs=bnl(out_slp),
+    )
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def pad_prompts(
+    prompts: Sequence[Sequence[int]],
+    *,
+    length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+    batch_multiple: int = 1,
+    pad_id: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists to ``[B', T]``: T = smallest length bucket that fits, B' = next power of two >= B
+    rounded up to ``batch_multiple``. Padding rows hold one real ``pad_id`` token (so attention is never
+    empty); callers drop them. Returns (tokens int32 [B', T], mask int32 [B', T])."""
+    prompts = [list(p) for p in prompts]
+    if not prompts:
+        raise UsageError("no prompts given")
+    if empty := [i for i, p in enumerate(prompts) if not p]:
+        raise UsageError(f"prompt(s) {empty} have no tokens; each prompt needs at least one (e.g. BOS)")
+    longest = max(map(len, prompts))
+    fits = [t for t in sorted(length_buckets) if t >= longest]
+    if not fits:
+        biggest = max(length_buckets)
+        raise UsageError(f"prompt of {longest} tokens exceeds the largest length bucket {biggest}")
+    T = fits[0]
+    B = _round_up(1 << math.ceil(math.log2(len(prompts))), batch_multiple)
+    tokens = np.full((B, T), pad_id, np.int32)
+    mask = np.zeros((B, T), np.int32)
+    mask[len(prompts) :, -1] = 1
+    for i, p in enumerate(prompts):
+        tokens[i, T - len(p) :] = p
+        mask[i, T - len(p) :] = 1
+    return tokens, mask
+
+
+class Sampler:
+    """Host-side sampler over a fixed model: buckets, jit cache, mesh sharding, numpy results.
+
+    >>> sampler = Sampler(model, eos_ids=model.config.eos_token_ids)
+    >>> out = sampler.sample([[2, 651, 1234], [2, 99]], n=4, max_new_tokens=32, seed=0,
+    ...                      config=SamplingConfig(temperature=0.7, top_p=0.9))
+    >>> out.tokens.shape  # (2, 4, 32)
+
+    mesh: shard the (padded) prompt batch over its 'data' axis; parameters are replicated.
+    ``trace_count`` increases each time the jitted function is traced (i.e. compiled for a new shape/config).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        eos_ids: Sequence[int] = (),
+        pad_id: int = 0,
+        mesh: Mesh | None = None,
+        length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+    ):
+        self.graphdef, state = nnx.split(model)
+        self.mesh = mesh
+        self.state = jax.device_put(state, replicated(mesh)) if mesh is not None else state
+        self.eos_ids = tuple(int(e) for e in eos_ids)
+        self.pad_id = int(pad_id)
+        self.length_buckets = tuple(sorted(length_buckets))
+        self.trace_count = 0
+        self._jitted = jax.jit(self._generate, static_argnames=("n", "max_new_tokens", "config"))
+
+    def _generate(self, state, prompt_bt, mask_bt, key, *, n, max_new_tokens, config):
+        self.trace_count += 1  # runs only while tracing
+        keys_b = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(prompt_bt.shape[0]))
+        sharding = data_sharding(self.mesh, 1) if self.mesh is not None else None
+        return generate(
+            nnx.merge(self.graphdef, state),
+            prompt_bt,
+            mask_bt,
+            keys_b,
+            n=n,
+            max_new_tokens=max_new_tokens,
+            config=config,
+            eos_ids=self.eos_ids,
+            pad_id=self.pad_id,
+            batch_sharding=sharding,
+        )
+
+    def pad(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The bucketed, left-padded ``(tokens [B', T], mask [B', T])`` this sampler feeds to the model."""
+        multiple = self.mesh.shape[DATA] if self.mesh is not None else 1
+        return pad_prompts(
+            prompts, length_buckets=self.length_buckets, batch_multiple=multiple, pad_id=self.pad_id
+        )
+
+    def sample(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        seed: int | None = None,
+        key: jax.Array | None = None,
+        config: SamplingConfig = SamplingConfig(),
+    ) -> SampleOutput:
+        """Samples n continuations of each token-id prompt; returns numpy arrays for the real B prompts.
+
+        Prompt i uses key ``fold_in(key, i)`` (key = ``jax.random.key(seed)`` if a seed is given), sample j of
+        it ``fold_in(., j)``: same seed -> same samples.
+        """
+        if (seed is None) == (key is None):
+            raise UsageError("pass exactly one of seed= or key=")
+        if int(n) != n or n < 1:
+            raise UsageError(f"n must be an integer >= 1, got {n}")
+        if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+            raise UsageError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
+        key = jax.random.key(seed) if key is None else key
+        tokens, mask = self.pad(prompts)
+        if self.mesh is not None:
+            tokens, mask = jax.device_put((tokens, mask), data_sharding(self.mesh, 2))
+        out = self._jitted(
+            self.state, tokens, mask, key, n=int(n), max_new_tokens=int(max_new_tokens), config=config
+        )
+        return SampleOutput(*(np.asarray(x)[: len(prompts)] for x in out))

@@ -1,0 +1,147 @@
+"""Logit filters and categorical sampling: exact filter sets vs numpy, chi-square of sampled frequencies."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from infalign_jax.cli import UsageError
+from infalign_jax.sampling import (
+    SamplingConfig,
+    filter_logits,
+    sample_categorical,
+    sample_token,
+    top_k_filter,
+    top_p_filter,
+)
+
+
+def np_softmax(x):
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_nucleus(logits, p):
+    """Boolean keep-mask of the smallest set of most likely tokens whose mass reaches p (sort-based
+    reference)."""
+    probs = np_softmax(logits)
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    sorted_p = np.take_along_axis(probs, order, -1)
+    keep_sorted = (np.cumsum(sorted_p, -1) - sorted_p) < p
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, -1)
+    return keep
+
+
+def chi_square_pvalue(counts, probs, min_expected=5.0):
+    """Pearson chi-square goodness of fit; bins with expected count < min_expected are pooled into one."""
+    counts, probs = np.asarray(counts, np.float64), np.asarray(probs, np.float64)
+    expected = probs * counts.sum()
+    big = expected >= min_expected
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        assert obs[-1] == 0, "tokens of probability 0 were drawn"
+        obs, exp = obs[:-1], exp[:-1]
+    stat = ((obs - exp) ** 2 / exp).sum()
+    return stats.chi2.sf(stat, len(obs) - 1)
+
+
+def draw(logits_v, config, num, seed=0):
+    keys = jax.random.split(jax.random.key(seed), num)
+    rows = jnp.broadcast_to(jnp.asarray(logits_v, jnp.float32), (num, len(logits_v)))
+    tok, lp = jax.jit(sample_token, static_argnums=2)(keys, rows, config)
+    return np.asarray(tok), np.asarray(lp)
+
+
+@pytest.fixture(scope="module")
+def logits():
+    return np.asarray(jax.random.normal(jax.random.key(42), (4, 300)) * 2.0)
+
+
+def test_top_k_filter_keeps_exactly_the_k_largest(logits):
+    out = np.asarray(top_k_filter(jnp.asarray(logits), 7))
+    for row, filt in zip(logits, out, strict=True):
+        kept = np.flatnonzero(np.isfinite(filt))
+        np.testing.assert_array_equal(np.sort(kept), np.sort(np.argsort(-row)[:7]))
+        np.testing.assert_array_equal(filt[kept], row[kept])
+    np.testing.assert_array_equal(np.asarray(top_k_filter(jnp.asarray(logits), 0)), logits)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999])
+def test_top_p_filter_matches_sorted_reference(logits, p):
+    out = np.asarray(top_p_filter(jnp.asarray(logits), p))
+    keep = np_nucleus(logits, p)
+    np.testing.assert_array_equal(np.isfinite(out), keep)
+    np.testing.assert_array_equal(out[keep], logits[keep])
+    assert keep.sum(-1).min() >= 1
+
+
+def test_config_validation():
+    for bad in [
+        dict(temperature=-1.0),
+        dict(top_k=-2),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(min_new_tokens=-1),
+    ]:
+        with pytest.raises(UsageError):
+            SamplingConfig(**bad)
+    assert SamplingConfig(temperature=0.0).greedy
+
+
+def test_sample_categorical_two_level_frequencies():
+    v = 1000  # > block size: exercises the two-level CDF
+    logits = np.array(jax.random.normal(jax.random.key(1), (v,)))
+    logits[::7] = -np.inf
+    num = 40_000
+    keys = jax.random.split(jax.random.key(3), num)
+    tok = np.asarray(jax.jit(sample_categorical)(keys, jnp.broadcast_to(jnp.asarray(logits), (num, v))))
+    assert np.all(np.isfinite(logits[tok])), "a token with logit -inf was drawn"
+    assert chi_square_pvalue(np.bincount(tok, minlength=v), np_softmax(logits)) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(temperature=1.0),
+        SamplingConfig(temperature=0.6),
+        SamplingConfig(temperature=1.3, top_k=10),
+        SamplingConfig(temperature=0.8, top_p=0.8),
+        SamplingConfig(temperature=1.0, top_k=20, top_p=0.7),
+    ],
+    ids=["t1", "t0.6", "topk", "topp", "topk+topp"],
+)
+def test_sample_token_frequencies_and_logprobs(logits, config):
+    row = logits[0, :60]
+    tok, lp = draw(row, config, 20_000)
+    ref_logits = np.asarray(filter_logits(jnp.asarray(row), config), np.float64)
+    probs = np_softmax(ref_logits)
+    assert np.all(probs[tok] > 0), "a filtered-out token was drawn"
+    assert chi_square_pvalue(np.bincount(tok, minlength=len(row)), probs) > 1e-3
+    np.testing.assert_allclose(lp, np.log(probs[tok]), atol=2e-5)
+
+
+def test_top_k_top_p_never_emit_excluded_tokens(logits):
+    num = 2000
+    rows = np.repeat(logits, num // 4, axis=0)
+    keys = jax.random.split(jax.random.key(7), num)
+    for config in [SamplingConfig(top_k=5), SamplingConfig(top_p=0.3), SamplingConfig(top_k=40, top_p=0.5)]:
+        tok, _ = jax.jit(sample_token, static_argnums=2)(keys, jnp.asarray(rows), config)
+        tok = np.asarray(tok)
+        allowed = np.argsort(-rows, -1)[:, : config.top_k] if config.top_k else None
+        ref = np.asarray(filter_logits(jnp.asarray(rows), config))
+        assert np.all(np.isfinite(ref[np.arange(num), tok])), config
+        if config.top_k:
+            assert all(t in a for t, a in zip(tok, allowed, strict=True))
+        if config.top_p < 1 and not config.top_k:
+            assert np.all(np_nucleus(rows, config.top_p)[np.arange(num), tok])
+        assert len(np.unique(tok)) > 1
+
+
+def test_greedy_is_argmax(logits):
+    tok, lp = sample_token(jax.random.split(jax.random.key(0), 4), jnp.asarray(logits), SamplingConfig(0.0))
+    np.testing.assert_array_equal(np.asarray(tok), logits.argmax(-1))
+    np.testing.assert_array_equal(np.asarray(lp), 0.0)
