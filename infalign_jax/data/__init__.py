@@ -13,6 +13,9 @@ _EXPORTS = {
     "load_hh": "hh",
     "split_dialogue": "hh",
     "split_pair": "hh",
+    "Loader": "loader",
+    "prompt_encoder": "loader",
+    "sft_encoder": "loader",
 }
 
 __all__ = sorted(_EXPORTS)

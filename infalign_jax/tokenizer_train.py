@@ -1,0 +1,123 @@
+"""Byte-level BPE tokenizer for the embedded HH policy, trained with the ``tokenizers`` library.
+
+Trained on the HH ``train`` split only (prompts and both replies), so the held-out split stays unseen. Special
+tokens ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2; the role markers ``"\\n\\nHuman:"`` /
+``"\\n\\nAssistant:"`` are single added tokens (the last two ids); encoding prepends ``<bos>`` (a
+post-processor), decoding is byte-level. Saved as ``tokenizer.json`` + ``tokenizer_config.json`` so
+``transformers.AutoTokenizer.from_pretrained(dir)`` loads it (no torch, no remote code).
+
+CLI::
+
+    python -m infalign_jax.tokenizer_train --data-dir runs/data --out runs/tokenizer [--vocab-size 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from infalign_jax.cli import UsageError, run_main
+from infalign_jax.io_utils import atomic_directory
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIAL_TOKENS = (PAD, BOS, EOS)  # ids 0, 1, 2
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+# Dialogue role markers become single (non-special) tokens: shorter sequences and clean turn boundaries.
+ROLE_TOKENS = ("\n\nHuman:", "\n\nAssistant:")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
+    """Trains a byte-level BPE ``tokenizers.Tokenizer`` on ``texts`` (deterministic for a fixed input
+    order)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    n_fixed = 256 + len(SPECIAL_TOKENS) + len(ROLE_TOKENS)
+    if vocab_size < n_fixed:
+        raise UsageError(f"vocab_size must be at least {n_fixed} (bytes + special + role tokens)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(ROLE_TOKENS),
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    for i, s in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(s) == i, (s, tok.token_to_id(s))
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in ROLE_TOKENS])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, BOS_ID)]
+    )
+    return tok
+
+
+def save_tokenizer(tok, out_dir: str | os.PathLike) -> Path:
+    """Writes ``tokenizer.json`` and ``tokenizer_config.json`` (AutoTokenizer-loadable) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "pad_token": PAD,
+        "model_max_length": 1 << 30,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """``transformers.AutoTokenizer`` for a directory written by :func:`save_tokenizer` (local files only)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise UsageError(f"no tokenizer.json in {path}")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def hh_texts(source) -> Iterable[str]:
+    """Training texts from an HH split: each record's prompt, chosen and rejected reply."""
+    for r in source:
+        yield r["prompt"]
+        yield r["chosen"]
+        yield r["rejected"]
+
+
+def train_hh_tokenizer(data_dir, out_dir, vocab_size: int = 4096, min_frequency: int = 2) -> Path:
+    """Trains on the HH ``train`` split under ``data_dir`` and writes the tokenizer to ``out_dir``
+    atomically."""
+    from infalign_jax.data.hh import load_hh
+
+    tok = train_bpe(hh_texts(load_hh("train", data_dir)), vocab_size, min_frequency)
+    with atomic_directory(out_dir) as tmp:
+        save_tokenizer(tok, tmp)
+    return Path(out_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m infalign_jax.tokenizer_train", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--data-dir", default="runs/data", help="HH TFDS data dir (built by infalign_jax.data.hh)"
+    )
+    ap.add_argument("--out", default="runs/tokenizer")
+    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--min-frequency", type=int, default=2)
+    args = ap.parse_args(argv)
+    out = train_hh_tokenizer(args.data_dir, args.out, args.vocab_size, args.min_frequency)
+    print(f"wrote {out / 'tokenizer.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
