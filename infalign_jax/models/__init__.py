@@ -1,0 +1,41 @@
+"""Decoder-only policy models (Llama / Qwen2 / Gemma 3) and checkpoint import/export.
+
+- :class:`ModelConfig`, :class:`Transformer` (flax.nnx; ``model(tokens_bt) -> logits_btv``; KV-cache
+  ``prefill`` / ``init_sample_cache`` / ``decode_step`` for the sampler).
+- :func:`from_pretrained` / :func:`save_pretrained`: local Hugging Face directories (safetensors, no torch).
+- :mod:`~infalign_jax.models.functional`: the same entry points as pure functions of ``(graphdef, state)``.
+- :func:`~infalign_jax.models.sharding.state_shardings`: NamedShardings of a model state on a ('data','fsdp')
+  mesh.
+"""
+
+from __future__ import annotations
+
+import os
+
+from infalign_jax.models import functional
+from infalign_jax.models.config import ModelConfig, RopeConfig
+from infalign_jax.models.hf_io import load_model, load_tokenizer, save_pretrained
+from infalign_jax.models.sharding import shard_state, state_shardings
+from infalign_jax.models.transformer import Transformer
+
+__all__ = [
+    "ModelConfig",
+    "RopeConfig",
+    "Transformer",
+    "from_pretrained",
+    "functional",
+    "save_pretrained",
+    "shard_state",
+    "state_shardings",
+]
+
+
+def from_pretrained(path: str | os.PathLike):
+    """``(model, tokenizer)`` from a local Hugging Face directory (config.json + safetensors + tokenizer
+    files).
+
+    ``tokenizer`` is a ``transformers.AutoTokenizer`` (None if the directory has no tokenizer files).
+    Unsupported architectures and missing / mis-shaped / unexpected tensors raise
+    :class:`infalign_jax.cli.UsageError`.
+    """
+    return load_model(path), load_tokenizer(path)
