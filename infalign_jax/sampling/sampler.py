@@ -23,6 +23,7 @@ CTRL trainer).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -34,7 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from infalign_jax.cli import UsageError
-from infalign_jax.mesh import DATA, data_sharding, replicated
+from infalign_jax.mesh import DATA, data_sharding
 from infalign_jax.sampling.filters import NEG_INF, SamplingConfig, model_logprob, sample_token
 
 DEFAULT_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -75,23 +76,24 @@ def generate(
     n: int,
     max_new_tokens: int,
     config: SamplingConfig = SamplingConfig(),
-    eos_ids: Sequence[int] = (),
-    pad_id: int = 0,
+    eos_ids=(),
+    pad_id=0,
     batch_sharding: NamedSharding | None = None,
 ) -> SampleOutput:
     """Samples ``n`` continuations of each of the B left-padded prompts (pure; call it under ``jax.jit``).
 
-    model: a Transformer of :mod:`infalign_jax.models` (``prefill`` / ``init_sample_cache`` /
-    ``decode_step``). prompt_bt, prompt_mask_bt: int32 [B, T] left-padded prompts and their mask (1 = real
-    token; each row needs >= 1). keys_b: typed PRNG keys [B], one per prompt (derive with
-    ``jax.random.split``); greedy ignores them. eos_ids: tokens that end a sequence (static); ``()`` disables
-    early stopping. batch_sharding: optional sharding of [B]-leading arrays; the sampler constrains the [L, N,
-    B] buffers to match.
+    model: a :mod:`infalign_jax.models` Transformer (``prefill`` / ``init_sample_cache`` / ``decode_step``).
+    prompt_bt, prompt_mask_bt: int32 [B, T] left-padded prompts and mask (1 = real token; >= 1 per row).
+    keys_b: typed PRNG keys [B], one per prompt (e.g. ``jax.random.split``); greedy ignores them.
+    eos_ids: int32 [E] tokens that end a sequence (may be traced; entries < 0 never match); ``()`` disables
+      early stopping. pad_id: token written after the end (may be traced).
+    batch_sharding: optional sharding of [B]-leading inputs; the [L, N, B] loop buffers are constrained to
+      shard their B axis the same way.
     """
     if max_new_tokens < 1 or n < 1:
         raise UsageError(f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}")
     L, B = max_new_tokens, prompt_bt.shape[0]
-    eos_e = jnp.asarray(tuple(eos_ids), jnp.int32).reshape(-1)
+    eos_e = jnp.asarray(eos_ids, jnp.int32).reshape(-1)
 
     def constrain(x, axis):  # shard the prompt-batch axis of loop buffers like the inputs
         if batch_sharding is None:
@@ -122,7 +124,7 @@ def generate(
         done,
         cache_n,
         buf(pad_id, jnp.int32, tok),
-        buf(True, jnp.bool_, jnp.ones_like(done)),
+        buf(False, jnp.bool_, jnp.ones_like(done)),
         buf(0.0, jnp.float32, lp),
         buf(0.0, jnp.float32, slp),
     )
@@ -191,16 +193,45 @@ def pad_prompts(
     return tokens, mask
 
 
+MAX_EOS_IDS = 8
+_TRACES = [0]
+
+
+def trace_count() -> int:
+    """How many times the Sampler's jitted function has been traced (compiled) in this process."""
+    return _TRACES[0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "max_new_tokens", "config", "mesh"))
+def _sample_jit(state, prompt_bt, mask_bt, key, eos_e, pad_id, *, graphdef, n, max_new_tokens, config, mesh):
+    _TRACES[0] += 1  # runs only while tracing
+    keys_b = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(prompt_bt.shape[0]))
+    return generate(
+        nnx.merge(graphdef, state),
+        prompt_bt,
+        mask_bt,
+        keys_b,
+        n=n,
+        max_new_tokens=max_new_tokens,
+        config=config,
+        eos_ids=eos_e,
+        pad_id=pad_id,
+        batch_sharding=data_sharding(mesh, 1) if mesh is not None else None,
+    )
+
+
 class Sampler:
     """Host-side sampler over a fixed model: buckets, jit cache, mesh sharding, numpy results.
 
-    >>> sampler = Sampler(model, eos_ids=model.config.eos_token_ids)
+    >>> sampler = Sampler(model, eos_ids=model.config.eos_token_ids, pad_id=0)
     >>> out = sampler.sample([[2, 651, 1234], [2, 99]], n=4, max_new_tokens=32, seed=0,
     ...                      config=SamplingConfig(temperature=0.7, top_p=0.9))
     >>> out.tokens.shape  # (2, 4, 32)
 
-    mesh: shard the (padded) prompt batch over its 'data' axis; parameters are replicated.
-    ``trace_count`` increases each time the jitted function is traced (i.e. compiled for a new shape/config).
+    One jitted function serves all samplers, compiled once per (model structure, prompt bucket [B', T], n,
+    max_new_tokens, config, mesh); new prompts, seeds, EOS / pad ids and weights of the same shapes reuse it.
+    mesh: shard the (padded) prompt batch over its 'data' axis; parameters are placed by
+    :func:`infalign_jax.models.shard_state` (replicated unless the mesh has an 'fsdp' axis > 1).
     """
 
     def __init__(
@@ -212,31 +243,22 @@ class Sampler:
         mesh: Mesh | None = None,
         length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
     ):
+        from infalign_jax.models import shard_state
+
         self.graphdef, state = nnx.split(model)
         self.mesh = mesh
-        self.state = jax.device_put(state, replicated(mesh)) if mesh is not None else state
-        self.eos_ids = tuple(int(e) for e in eos_ids)
+        self.state = shard_state(state, mesh) if mesh is not None else state
+        eos_ids = tuple(int(e) for e in eos_ids)
+        if len(eos_ids) > MAX_EOS_IDS or any(e < 0 for e in eos_ids):
+            raise UsageError(f"eos_ids must be at most {MAX_EOS_IDS} token ids >= 0, got {eos_ids}")
+        self.eos_ids = eos_ids
         self.pad_id = int(pad_id)
         self.length_buckets = tuple(sorted(length_buckets))
-        self.trace_count = 0
-        self._jitted = jax.jit(self._generate, static_argnames=("n", "max_new_tokens", "config"))
 
-    def _generate(self, state, prompt_bt, mask_bt, key, *, n, max_new_tokens, config):
-        self.trace_count += 1  # runs only while tracing
-        keys_b = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(prompt_bt.shape[0]))
-        sharding = data_sharding(self.mesh, 1) if self.mesh is not None else None
-        return generate(
-            nnx.merge(self.graphdef, state),
-            prompt_bt,
-            mask_bt,
-            keys_b,
-            n=n,
-            max_new_tokens=max_new_tokens,
-            config=config,
-            eos_ids=self.eos_ids,
-            pad_id=self.pad_id,
-            batch_sharding=sharding,
-        )
+    @property
+    def trace_count(self) -> int:
+        """Process-wide trace count of the jitted sampler (see :func:`trace_count`)."""
+        return trace_count()
 
     def pad(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """The bucketed, left-padded ``(tokens [B', T], mask [B', T])`` this sampler feeds to the model."""
@@ -258,7 +280,7 @@ class Sampler:
         """Samples n continuations of each token-id prompt; returns numpy arrays for the real B prompts.
 
         Prompt i uses key ``fold_in(key, i)`` (key = ``jax.random.key(seed)`` if a seed is given), sample j of
-        it ``fold_in(., j)``: same seed -> same samples.
+        it ``fold_in(., j)``: same seed -> same samples, whatever the batch padding or mesh.
         """
         if (seed is None) == (key is None):
             raise UsageError("pass exactly one of seed= or key=")
@@ -268,9 +290,21 @@ class Sampler:
             raise UsageError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
         key = jax.random.key(seed) if key is None else key
         tokens, mask = self.pad(prompts)
+        eos_e = np.full((MAX_EOS_IDS,), -1, np.int32)
+        eos_e[: len(self.eos_ids)] = self.eos_ids
         if self.mesh is not None:
             tokens, mask = jax.device_put((tokens, mask), data_sharding(self.mesh, 2))
-        out = self._jitted(
-            self.state, tokens, mask, key, n=int(n), max_new_tokens=int(max_new_tokens), config=config
+        out = _sample_jit(
+            self.state,
+            tokens,
+            mask,
+            key,
+            eos_e,
+            np.int32(self.pad_id),
+            graphdef=self.graphdef,
+            n=int(n),
+            max_new_tokens=int(max_new_tokens),
+            config=config,
+            mesh=self.mesh,
         )
         return SampleOutput(*(np.asarray(x)[: len(prompts)] for x in out))
