@@ -41,9 +41,14 @@ def cell_midpoints(u_m):
 
 
 def cdf_from_masses(w_c):
-    """CDF at the grid points ``F_m`` (…, M+1) from cell masses ``w_c`` (…, M); F_0 = 0, F_M = Σ w."""
+    """CDF at the grid points ``F_m`` (…, M+1) from cell masses ``w_c`` (…, M) ≥ 0: F_0 = 0 and F_M = 1.
+
+    The masses are normalized by their total (so 0 ≤ F ≤ 1 holds exactly in floating point, and the gradient
+    with respect to ``w_c`` is the functional derivative up to an additive constant).
+    """
+    cum = jnp.cumsum(w_c, axis=-1)
     zero = jnp.zeros(w_c.shape[:-1] + (1,), w_c.dtype)
-    return jnp.concatenate([zero, jnp.cumsum(w_c, axis=-1)], axis=-1)
+    return jnp.concatenate([zero, cum / cum[..., -1:]], axis=-1)
 
 
 def tilt(phi_c, beta, u_m):

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import betainc
 
 from infalign_jax.cli import UsageError
 
@@ -60,24 +59,35 @@ def _worst_of_n_map(F_m, u_m, n):
 
 
 def _kth_of_n_map(F_m, u_m, k, n):
-    # P(k-th lowest of n draws ≤ v) = P(at least k draws ≤ v) = Σ_{j=k}^{n} C(n, j) F^j (1 − F)^{n−j}.
-    # That binomial tail is the regularized incomplete beta function I_F(k, n − k + 1) (stable for large n).
+    # P(k-th lowest of n draws ≤ v) = P(at least k draws ≤ v) = Σ_{j=k}^{n} C(n, j) F^j (1 − F)^{n−j},
+    # summed in log space (k, n static; F clipped into (0, 1) so that no log(0) reaches the gradient).
     del u_m
-    return betainc(k, n - k + 1, F_m)
+    j = np.arange(k, n + 1)
+    log_comb = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in j])
+    F = jnp.clip(F_m, 1e-300, 1.0 - 1e-16)[..., None]
+    return jnp.sum(jnp.exp(log_comb + j * jnp.log(F) + (n - j) * jnp.log1p(-F)), axis=-1)
 
 
 def _rejection_map(F_m, u_m, q, n):
     # Draw up to n; return the first draw with u ≥ q, else the n-th draw. With a = F(q) (grid-interpolated):
     #   v <  q: G(v) = a^{n−1} F(v)                      (all n draws fail and the last one is ≤ v)
     #   v >= q: G(v) = a^n + (F(v) − a) Σ_{k<n} a^k      (all fail, or the first success is ≤ v)
-    # which is continuous at q (both a^n) and G(1) = 1.
+    # which is continuous at q (both a^n) and G(1) = 1. Σ_{k<n} a^k = −expm1(n log a)/(1 − a) (n may be
+    # traced).
     a = jnp.interp(q, u_m, F_m)
-    geometric = jnp.sum(a[..., None] ** jnp.arange(n), axis=-1)
+    inside = (a > 0.0) & (a < 1.0)
+    a_in = jnp.where(inside, a, 0.5)
+    geometric = jnp.where(inside, -jnp.expm1(n * jnp.log(a_in)) / (1.0 - a_in), jnp.where(a >= 1.0, n, 1.0))
     return jnp.where(u_m < q, a ** (n - 1) * F_m, a**n + (F_m - a) * geometric)
 
 
 def _custom_map(F_m, u_m, user_fn, takes_u):
     return user_fn(F_m, u_m) if takes_u else user_fn(F_m)
+
+
+# Maps whose numeric params may be traced arrays (the solver passes them as jit arguments, so bon:2 and bon:8
+# share one compilation); the others get their params as static Python values.
+TRACEABLE_MAPS = frozenset({_best_of_n_map, _worst_of_n_map, _rejection_map})
 
 
 def identity() -> Procedure:

@@ -1,0 +1,422 @@
+"""Optimal inference-aware transformations (paper Sec. 3, the theorem on the optimal KL-regularized policy).
+
+For an inference-time procedure T, the policy maximizing W(T(p) ≻ T(π_ref)) − β·KL(p ‖ π_ref) is a tilt
+p*(u) ∝ exp(Φ*(u)/β) with Φ* = δW/δp evaluated at p* itself (paper Sec. 3). :func:`solve_optimal` finds this
+fixed point on a grid: Φ_k = δW/δp at p_k by ``jax.grad`` of the discretized win rate with respect to the cell
+masses, then the damped (mirror-ascent) update log p_{k+1} = (1 − η) log p_k + η (Φ_k/β − log Z) with a
+backtracking step η. The residual is span_c(Φ_k − β log p_k/h) (zero exactly at the fixed point; win-rate
+units). For T = identity Φ* is affine (Φ*(u) = u + const); for BoN it is close to the exponential Φ_t with
+t > 0, for WoN to t < 0 (paper Sec. 3 and the appendix on BoN/WoN).
+
+The cores are pure and jittable (:func:`optimal_policy` vmaps over β); the public functions validate
+inputs, vmap over 1-D β or KL arrays, run in float64 — each enters ``jax.enable_x64`` for its own computation
+only (the global flag is untouched) — and return NumPy arrays. BoN/WoN/rejection pass their parameters (n, q)
+as traced arrays, so one compilation serves a whole family (bon:2, bon:4, ...).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from infalign_jax.analytic.objectives import (
+    cell_midpoints,
+    cell_widths,
+    inference_win_rate,
+    kl_to_reference,
+    tilt,
+    uniform_grid,
+)
+from infalign_jax.analytic.procedures import TRACEABLE_MAPS, Procedure, parse_procedure
+from infalign_jax.analytic.transforms import exponential_transform
+from infalign_jax.cli import UsageError
+
+DEFAULT_CELLS = 1024
+DEFAULT_MAX_ITER = 2000
+DEFAULT_TOL = 1e-10
+LOG_BETA_RANGE = (math.log(1e-4), math.log(1e4))  # bisection bracket for β when matching a KL budget
+BISECTION_STEPS = 40  # log β to 2^-40 of the bracket (≈ 2e-11)
+T_RANGE = 200.0  # best exponential: t searched in [−T_RANGE, T_RANGE]
+MAX_KL = 4.0  # larger KL budgets are rejected (the grid cannot resolve such peaked policies reliably)
+
+
+class OptimalSolution(NamedTuple):
+    """Result of :func:`solve_optimal` (a leading batch axis when vmapped over β or KL)."""
+
+    u_c: jax.Array  # (M,) cell midpoints
+    phi_c: jax.Array  # (M,) Φ*(u) = δW/δp at the optimum, shifted so that Φ*(0) = 0 (linear extrapolation)
+    w_c: jax.Array  # (M,) optimal cell masses (density × cell width)
+    beta: jax.Array
+    win_rate: jax.Array  # W(T(p*) ≻ T(π_ref)), ties ½
+    kl: jax.Array  # KL(p* ‖ π_ref)
+    iterations: jax.Array  # mirror-ascent steps (for KL matching: summed over the warm-started bisection)
+    residual: jax.Array  # span of Φ − β log(p) at the last iterate (0 at the exact fixed point)
+
+
+class ExponentialPoint(NamedTuple):
+    """The tilted policy p ∝ exp(Φ_t(u)/β) with Φ_t(u) = (e^{tu} − 1)/(e^t − 1) (t = 0: identity Φ(u) = u)."""
+
+    t: jax.Array
+    beta: jax.Array
+    win_rate: jax.Array
+    kl: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure cores (float64 inside jit; ``static`` = (map function, static params), ``dynamic`` = traced params).
+
+
+def _split(procedure: Procedure):
+    if procedure.fn in TRACEABLE_MAPS:
+        return (procedure.fn, ()), tuple(np.float64(p) for p in procedure.params)
+    return (procedure.fn, procedure.params), ()
+
+
+def _rebuild(static, dynamic) -> Procedure:
+    fn, static_params = static
+    return Procedure("traced", fn, tuple(static_params) + tuple(dynamic))
+
+
+def _grid(num_cells: int):
+    return uniform_grid(num_cells, dtype=jnp.float64)
+
+
+def functional_derivative(procedure: Procedure, w_c, u_m):
+    """δW/δp (M,): the gradient of W(T(p) ≻ T(π_ref)) with respect to the cell masses (jax autodiff).
+
+    On cell c the functional derivative of W at p is ∂W/∂w_c (w_c = p_c h_c); it is defined up to an additive
+    constant (the masses are normalized inside the CDF).
+    """
+    return jax.grad(inference_win_rate, argnums=1)(procedure, w_c, u_m)
+
+
+def _normalize_phi(phi_c, u_m):
+    """Shifts Φ so that its linear extrapolation to u = 0 is 0 (Φ is defined up to a constant)."""
+    c_c = cell_midpoints(u_m)
+    phi_0 = phi_c[0] - (phi_c[1] - phi_c[0]) * (c_c[0] - u_m[0]) / (c_c[1] - c_c[0])
+    return phi_c - phi_0
+
+
+def _mirror_ascent(procedure: Procedure, beta, u_m, logw_c, max_iter: int, tol):
+    """Mirror ascent on J = W − β·KL from log-masses ``logw_c`` (M,) with a backtracking step size.
+
+    Step: log p ← (1 − η) log p + η (Φ/β − log Z) (η = 1 is the plain fixed-point map p ∝ exp(Φ/β)). A step is
+    accepted if J increases — or, once J is flat to rounding near the optimum, if the residual shrinks; η then
+    grows by 1.5 (at most 1), otherwise it halves. Stops when the residual span(Φ − β log(p/h)) < ``tol`` or
+    after ``max_iter`` steps. Returns (log w, Φ, iterations, residual).
+    """
+    log_h_c = jnp.log(cell_widths(u_m))
+
+    def evaluate(logw):
+        w = jnp.exp(logw)
+        win, phi = jax.value_and_grad(inference_win_rate, argnums=1)(procedure, w, u_m)
+        objective = win - beta * jnp.sum(w * (logw - log_h_c))
+        r = phi - beta * (logw - log_h_c)
+        return objective, phi, jnp.max(r) - jnp.min(r)
+
+    def cond(state):
+        return (state["res"] > tol) & (state["it"] < max_iter)
+
+    def body(state):
+        eta = state["eta"]
+        target = jax.nn.log_softmax(state["phi"] / beta + log_h_c)
+        cand = jax.nn.log_softmax((1.0 - eta) * state["logw"] + eta * target)
+        objective, phi, res = evaluate(cand)
+        old = state["objective"]
+        accept = (objective > old) | ((res < state["res"]) & (objective > old - 1e-12))
+        pick = lambda new, prev: jnp.where(accept, new, prev)
+        return {
+            "logw": pick(cand, state["logw"]),
+            "objective": pick(objective, old),
+            "phi": pick(phi, state["phi"]),
+            "res": pick(res, state["res"]),
+            "eta": jnp.where(accept, jnp.minimum(1.0, 1.5 * eta), 0.5 * eta),
+            "it": state["it"] + 1,
+        }
+
+    objective, phi, res = evaluate(logw_c)
+    state = {"logw": logw_c, "objective": objective, "phi": phi, "res": res, "eta": jnp.ones_like(beta)}
+    state["it"] = jnp.asarray(0)
+    state = jax.lax.while_loop(cond, body, state)
+    return state["logw"], state["phi"], state["it"], state["res"]
+
+
+def optimal_policy(
+    procedure: Procedure,
+    beta,
+    u_m,
+    logw0_c=None,
+    *,
+    max_iter=DEFAULT_MAX_ITER,
+    tol=DEFAULT_TOL,
+    iterations_before=0,
+) -> OptimalSolution:
+    """Pure core of :func:`solve_optimal`: jittable (``procedure`` static) and vmappable over ``beta``.
+
+    ``u_m`` (M+1,): grid points; ``logw0_c`` (M,): starting log-masses (default: π_ref). Call it under
+    ``jax.enable_x64(True)`` for float64.
+    """
+    if logw0_c is None:
+        logw0_c = jnp.log(cell_widths(u_m))
+    logw, phi, it, res = _mirror_ascent(procedure, beta, u_m, logw0_c, max_iter, tol)
+    w = jnp.exp(logw)
+    return OptimalSolution(
+        u_c=cell_midpoints(u_m),
+        phi_c=_normalize_phi(phi, u_m),
+        w_c=w,
+        beta=beta,
+        win_rate=inference_win_rate(procedure, w, u_m),
+        kl=kl_to_reference(w, u_m),
+        iterations=it + iterations_before,
+        residual=res,
+    )
+
+
+def _bisect_log_beta(kl_of_log_beta, kl_target, carry0=None):
+    """Bisection for log β in LOG_BETA_RANGE, KL(β) decreasing in β. ``kl_of_log_beta(log β, carry)`` returns
+    (KL, carry), so a solver can warm-start from its previous iterate. Returns (log β, carry)."""
+
+    def body(_, state):
+        lo, hi, carry = state
+        mid = 0.5 * (lo + hi)
+        kl, carry = kl_of_log_beta(mid, carry)
+        too_far = kl > kl_target  # too much KL: β must grow
+        return jnp.where(too_far, mid, lo), jnp.where(too_far, hi, mid), carry
+
+    lo, hi = (jnp.asarray(x, jnp.float64) for x in LOG_BETA_RANGE)
+    lo, hi, carry = jax.lax.fori_loop(0, BISECTION_STEPS, body, (lo, hi, carry0))
+    return 0.5 * (lo + hi), carry
+
+
+def _optimal_at_kl(procedure, kl, u_m, max_iter, tol) -> OptimalSolution:
+    logw0 = jnp.log(cell_widths(u_m))
+
+    def kl_of(log_beta, carry):
+        logw, total = carry
+        logw, _, it, _ = _mirror_ascent(procedure, jnp.exp(log_beta), u_m, logw, max_iter, tol)
+        return kl_to_reference(jnp.exp(logw), u_m), (logw, total + it)
+
+    log_beta, (logw, total) = _bisect_log_beta(kl_of, kl, (logw0, jnp.asarray(0)))
+    return optimal_policy(
+        procedure, jnp.exp(log_beta), u_m, logw, max_iter=max_iter, tol=tol, iterations_before=total
+    )
+
+
+def _exponential_at_beta(procedure, t, beta, u_m):
+    w = tilt(exponential_transform(cell_midpoints(u_m), t), beta, u_m)
+    return inference_win_rate(procedure, w, u_m), kl_to_reference(w, u_m)
+
+
+def _exponential_at_kl(procedure, t, kl, u_m) -> ExponentialPoint:
+    kl_of = lambda log_beta, carry: (_exponential_at_beta(procedure, t, jnp.exp(log_beta), u_m)[1], carry)
+    log_beta, _ = _bisect_log_beta(kl_of, kl)
+    beta = jnp.exp(log_beta)
+    win, kl_value = _exponential_at_beta(procedure, t, beta, u_m)
+    return ExponentialPoint(t=jnp.asarray(t, jnp.float64), beta=beta, win_rate=win, kl=kl_value)
+
+
+def _best_exponential_at_kl(procedure, kl, u_m, num_t: int = 81, golden_steps: int = 48) -> ExponentialPoint:
+    """Coarse search over t (sinh-spaced in [−T_RANGE, T_RANGE], t = 0 included), then a golden-section search
+    between the best grid point's neighbours. Every candidate t is matched to the KL budget by bisection."""
+    s = jnp.linspace(-1.0, 1.0, num_t)
+    t_grid = T_RANGE * jnp.sinh(5.0 * s) / jnp.sinh(5.0)
+    win_at = lambda t: _exponential_at_kl(procedure, t, kl, u_m).win_rate
+    best = jnp.argmax(jax.vmap(win_at)(t_grid))
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+
+    def golden(_, ab):
+        a, b = ab
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        left = win_at(c) >= win_at(d)
+        return jnp.where(left, a, c), jnp.where(left, d, b)
+
+    ab = (t_grid[jnp.maximum(best - 1, 0)], t_grid[jnp.minimum(best + 1, num_t - 1)])
+    a, b = jax.lax.fori_loop(0, golden_steps, golden, ab)
+    refined = _exponential_at_kl(procedure, 0.5 * (a + b), kl, u_m)
+    coarse = _exponential_at_kl(procedure, t_grid[best], kl, u_m)
+    keep = refined.win_rate >= coarse.win_rate
+    return jax.tree.map(lambda r, c: jnp.where(keep, r, c), refined, coarse)
+
+
+_STATIC = ("static", "num_cells", "max_iter")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _solve_batch(static, dynamic, beta_b, num_cells, max_iter, tol):
+    procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
+    return jax.vmap(lambda b: optimal_policy(procedure, b, u_m, max_iter=max_iter, tol=tol))(beta_b)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _match_kl_batch(static, dynamic, kl_b, num_cells, max_iter, tol):
+    procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
+    return jax.vmap(lambda kl: _optimal_at_kl(procedure, kl, u_m, max_iter, tol))(kl_b)
+
+
+@functools.partial(jax.jit, static_argnames=("static", "num_cells"))
+def _exponential_beta_batch(static, dynamic, t_b, beta_b, num_cells):
+    procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
+    win, kl = jax.vmap(lambda t, b: _exponential_at_beta(procedure, t, b, u_m))(t_b, beta_b)
+    return ExponentialPoint(t=t_b, beta=beta_b, win_rate=win, kl=kl)
+
+
+@functools.partial(jax.jit, static_argnames=("static", "num_cells"))
+def _exponential_kl_batch(static, dynamic, t_b, kl_b, num_cells):
+    procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
+    return jax.vmap(lambda t, kl: _exponential_at_kl(procedure, t, kl, u_m))(t_b, kl_b)
+
+
+@functools.partial(jax.jit, static_argnames=("static", "num_cells"))
+def _best_exponential_batch(static, dynamic, kl_b, num_cells):
+    procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
+    return jax.vmap(lambda kl: _best_exponential_at_kl(procedure, kl, u_m))(kl_b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API: validated inputs, float64, scalar or 1-D β / KL (scalars give unbatched results).
+
+
+def as_procedure(procedure: Procedure | str) -> Procedure:
+    """A :class:`Procedure`, parsing a spec string ('bon:4', ...) if needed."""
+    if isinstance(procedure, Procedure):
+        return procedure
+    return parse_procedure(procedure)
+
+
+def _check_grid(grid) -> int:
+    if isinstance(grid, bool) or not isinstance(grid, int | np.integer) or not 16 <= grid <= 1 << 16:
+        raise UsageError(f"grid must be an integer number of cells in [16, 65536], got {grid!r}")
+    return int(grid)
+
+
+def _as_batch(values, name: str, low: float, high: float):
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim > 1 or arr.size == 0:
+        raise UsageError(f"{name} must be a number or a non-empty 1-D sequence, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= low) or np.any(arr > high):
+        raise UsageError(f"{name} must be finite and in ({low:g}, {high:g}], got {values!r}")
+    return np.atleast_1d(arr), arr.ndim == 0
+
+
+def _unbatch(result, scalar: bool):
+    return jax.tree.map(lambda x: x[0], result) if scalar else result
+
+
+def _x64(fn):
+    """Runs ``fn`` with 64-bit JAX types for this call only (the global x64 flag is untouched); NumPy out."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.enable_x64(True):
+            return jax.tree.map(np.asarray, fn(*args, **kwargs))
+
+    return wrapped
+
+
+@_x64
+def solve_optimal(procedure, beta, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_ITER, tol=DEFAULT_TOL):
+    """The optimal policy p* ∝ exp(Φ*/β) for ``procedure`` at regularization ``beta`` (paper Sec. 3).
+
+    ``beta``: a positive number or a 1-D array (vmapped; results get a leading axis). ``grid``: number of
+    cells M. Returns an :class:`OptimalSolution` with Φ* (M,), the masses, W, KL, iterations and residual.
+    """
+    procedure = as_procedure(procedure)
+    beta_b, scalar = _as_batch(beta, "beta", 0.0, 1e6)
+    static, dynamic = _split(procedure)
+    return _unbatch(
+        _solve_batch(static, dynamic, beta_b, _check_grid(grid), int(max_iter), float(tol)), scalar
+    )
+
+
+def frontier(procedure, betas, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_ITER, tol=DEFAULT_TOL):
+    """The optimal (KL, win rate) frontier over many β (vmapped): :func:`solve_optimal` on a 1-D ``betas``."""
+    return solve_optimal(
+        procedure, np.atleast_1d(np.asarray(betas, np.float64)), grid=grid, max_iter=max_iter, tol=tol
+    )
+
+
+@_x64
+def match_kl(procedure, kl, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_ITER, tol=DEFAULT_TOL):
+    """The optimal policy whose KL(p* ‖ π_ref) equals the budget ``kl`` (bisection on log β inside jit, warm-
+    starting each solve from the previous one). ``kl``: a number or a 1-D array (vmapped)."""
+    procedure = as_procedure(procedure)
+    kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
+    static, dynamic = _split(procedure)
+    result = _match_kl_batch(static, dynamic, kl_b, _check_grid(grid), int(max_iter), float(tol))
+    _check_matched(result.kl, kl_b, procedure, "optimal")
+    return _unbatch(result, scalar)
+
+
+@_x64
+def exponential_point(procedure, t, beta, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
+    """W and KL of p ∝ exp(Φ_t(u)/β) (``t`` and ``beta`` numbers or broadcastable 1-D arrays)."""
+    procedure = as_procedure(procedure)
+    beta_b, scalar = _as_batch(beta, "beta", 0.0, 1e6)
+    t_b = np.broadcast_to(np.asarray(t, np.float64), beta_b.shape)
+    static, dynamic = _split(procedure)
+    return _unbatch(_exponential_beta_batch(static, dynamic, t_b, beta_b, _check_grid(grid)), scalar)
+
+
+@_x64
+def exponential_at_kl(procedure, t, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
+    """The tilt by Φ_t whose KL equals ``kl`` (β found by bisection). ``t = 0`` is the identity transform."""
+    procedure = as_procedure(procedure)
+    kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
+    t_b = np.broadcast_to(np.asarray(t, np.float64), kl_b.shape)
+    static, dynamic = _split(procedure)
+    result = _exponential_kl_batch(static, dynamic, t_b, kl_b, _check_grid(grid))
+    _check_matched(result.kl, kl_b, procedure, "exponential")
+    return _unbatch(result, scalar)
+
+
+def identity_at_kl(procedure, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
+    """The identity transform Φ(u) = u (standard RLHF on the calibrated reward) at the KL budget ``kl``."""
+    return exponential_at_kl(procedure, 0.0, kl, grid=grid)
+
+
+@_x64
+def best_exponential(procedure, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
+    """The exponential transform Φ_t with the highest inference-time win rate at the KL budget ``kl``.
+
+    t is searched over both signs in [−T_RANGE, T_RANGE]; returns (t, β, W, KL). For BoN the best t is
+    positive, for WoN negative (paper Sec. 3, appendix on BoN/WoN).
+    """
+    procedure = as_procedure(procedure)
+    kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
+    static, dynamic = _split(procedure)
+    result = _best_exponential_batch(static, dynamic, kl_b, _check_grid(grid))
+    _check_matched(result.kl, kl_b, procedure, "best exponential")
+    return _unbatch(result, scalar)
+
+
+def bon_policy_point(n: int) -> tuple[float, float]:
+    """Closed form for the best-of-n policy of π_ref (density n·u^{n−1}): KL = log n − (n − 1)/n and win rate
+    n/(n + 1) against π_ref (under T = identity, and also under T = best-of-m for any m; paper Sec. 3)."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise UsageError(f"n must be a positive integer, got {n!r}")
+    return math.log(n) - (n - 1) / n, n / (n + 1)
+
+
+@_x64
+def bon_policy_win_rate(procedure, n: int, *, grid=DEFAULT_CELLS) -> float:
+    """W(T(BoN_n(π_ref)) ≻ T(π_ref)) of the best-of-n policy, evaluated numerically under ``procedure``."""
+    procedure = as_procedure(procedure)
+    bon_policy_point(n)
+    u_m = _grid(_check_grid(grid))
+    return float(inference_win_rate(procedure, jnp.diff(u_m**n), u_m))
+
+
+def _check_matched(kl_found, kl_b, procedure, what):
+    miss = np.abs(np.asarray(kl_found) - kl_b)
+    if np.any(miss > 1e-6 * np.maximum(1.0, kl_b)):
+        bad = float(kl_b[np.argmax(miss)])
+        raise UsageError(
+            f"{what} policy for {procedure.spec}: KL budget {bad:g} is not reachable on this grid "
+            f"(closest KL {float(np.asarray(kl_found)[np.argmax(miss)]):.4g}); use a smaller budget "
+            "or a finer --grid"
+        )

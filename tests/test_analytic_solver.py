@@ -1,0 +1,199 @@
+"""The analytic solver (paper Sec. 3): closed forms, optimality ordering, custom maps, Monte Carlo check."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infalign_jax.analytic import best_of_n, custom, parse_procedure
+from infalign_jax.analytic.objectives import (
+    cdf_from_masses,
+    inference_win_rate,
+    kl_to_reference,
+    mean_u,
+    tilt,
+    uniform_grid,
+)
+from infalign_jax.analytic.solver import (
+    best_exponential,
+    bon_policy_point,
+    bon_policy_win_rate,
+    exponential_at_kl,
+    exponential_point,
+    frontier,
+    identity_at_kl,
+    match_kl,
+    optimal_policy,
+    solve_optimal,
+)
+from infalign_jax.analytic.transforms import exponential_transform
+from infalign_jax.cli import UsageError
+
+KLS = [0.25, 0.5, 1.0]  # the CLI's example budgets (same shapes -> the CLI test reuses these compilations)
+
+
+def identity_tilt_mean(beta):
+    """E[u] for p ∝ e^{u/β} on [0, 1]: 1/(1 − e^{−1/β}) − β."""
+    return 1.0 / (-math.expm1(-1.0 / beta)) - beta
+
+
+def identity_tilt_kl(beta):
+    """KL(p ‖ U) = E[u]/β − log Z with Z = ∫ e^{u/β} du = β (e^{1/β} − 1)."""
+    return identity_tilt_mean(beta) / beta - math.log(beta * math.expm1(1.0 / beta))
+
+
+def test_identity_tilt_matches_closed_forms_up_to_the_derived_grid_error():
+    # The grid tilt's cell masses are exactly proportional to the continuous tilt's (∫_cell e^{u/β} du =
+    # h e^{c/β} sinh(h/2β)/(h/2β), the same factor for every cell), so the only errors are within cells: the
+    # exact cell mean exceeds the midpoint by h²/(12β); the flat density loses Var(u/β)/2 = h²/(24β²) of KL.
+    beta = 0.2
+    with jax.enable_x64(True):
+        for cells in (256, 1024):
+            h = 1.0 / cells
+            u_m = uniform_grid(cells)
+            w_c = tilt(0.5 * (u_m[1:] + u_m[:-1]), beta, u_m)
+            mean, kl = float(mean_u(w_c, u_m)), float(kl_to_reference(w_c, u_m))
+            win = float(inference_win_rate(parse_procedure("identity"), w_c, u_m))
+            assert abs(win - mean) < 1e-14  # under T = identity, W(p ≻ U) = E_p[u]
+            mean_error, kl_error = h**2 / (12 * beta), h**2 / (24 * beta**2)
+            assert abs(mean - (identity_tilt_mean(beta) - mean_error)) < 1e-3 * mean_error
+            assert abs(kl - (identity_tilt_kl(beta) - kl_error)) < 1e-3 * kl_error
+
+
+def test_identity_at_kl_hits_the_closed_form_curve():
+    point = identity_at_kl("identity", KLS)
+    for kl, beta, win in zip(KLS, point.beta, point.win_rate, strict=True):
+        assert abs(identity_tilt_kl(beta) - kl) < 2e-5
+        assert abs(win - identity_tilt_mean(beta)) < 2e-6
+    np.testing.assert_allclose(point.kl, KLS, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_best_of_n_policy_closed_form(n):
+    kl_closed, win_closed = bon_policy_point(n)
+    assert kl_closed == pytest.approx(math.log(n) - (n - 1) / n, abs=1e-15) and win_closed == n / (n + 1)
+    with jax.enable_x64(True):
+        u_m = uniform_grid(1024)
+        w_c = jnp.diff(u_m**n)  # density n u^{n-1}
+        assert abs(float(kl_to_reference(w_c, u_m)) - kl_closed) < 2e-5
+        assert abs(float(inference_win_rate(parse_procedure("identity"), w_c, u_m)) - win_closed) < 1e-6
+    # Under T = best-of-m the BoN policy still wins with probability n/(n+1) (T(F) = u^{nm} vs u^m).
+    assert abs(bon_policy_win_rate("bon:4", n) - win_closed) < 1e-5
+
+
+def test_identity_optimal_transform_is_affine():
+    sol = solve_optimal("identity", [0.5, 0.1])
+    for phi_c in sol.phi_c:
+        np.testing.assert_allclose(phi_c, sol.u_c[0], atol=1e-12)  # Φ*(u) = u (+ const, removed: Φ*(0) = 0)
+    assert np.all(sol.residual < 1e-10)
+
+
+@pytest.fixture(scope="module")
+def kl_points():
+    out = {}
+    for spec in ("bon:2", "bon:4", "won:2", "won:4"):
+        out[spec] = (match_kl(spec, KLS), best_exponential(spec, KLS), identity_at_kl(spec, KLS))
+    return out
+
+
+def test_optimal_beats_best_exponential_beats_identity_at_equal_kl(kl_points):
+    for spec, (opt, expo, ident) in kl_points.items():
+        for sol in (opt, expo, ident):
+            np.testing.assert_allclose(sol.kl, KLS, atol=1e-7, err_msg=spec)
+        assert np.all(opt.residual < 1e-9), spec
+        assert np.all(opt.win_rate >= expo.win_rate - 1e-9), (spec, opt.win_rate, expo.win_rate)
+        assert np.all(expo.win_rate >= ident.win_rate + 1e-3), (spec, expo.win_rate, ident.win_rate)
+        assert np.all(np.diff(opt.win_rate) > 0) and np.all(np.diff(opt.beta) < 0), spec
+
+
+def test_best_exponential_sign_follows_the_procedure(kl_points):
+    for spec, (_, expo, _) in kl_points.items():
+        assert np.all(expo.t > 1.0) if spec.startswith("bon") else np.all(expo.t < -1.0), (spec, expo.t)
+    # More draws -> a more extreme transform.
+    assert np.all(kl_points["bon:4"][1].t > kl_points["bon:2"][1].t)
+    assert np.all(kl_points["won:4"][1].t < kl_points["won:2"][1].t)
+
+
+def test_optimal_transform_is_a_fixed_point_of_the_tilt(kl_points):
+    opt = kl_points["bon:4"][0]
+    with jax.enable_x64(True):
+        u_m = uniform_grid(opt.w_c.shape[-1])
+        for i in range(len(KLS)):
+            w_again = tilt(jnp.asarray(opt.phi_c[i]), opt.beta[i], u_m)
+            np.testing.assert_allclose(w_again, opt.w_c[i], rtol=1e-8)
+            # ... and Φ* is non-decreasing for best-of-n (flat at the bottom: mass there never gets selected).
+            assert np.all(np.diff(opt.phi_c[i]) >= -1e-15) and opt.phi_c[i][-1] > 0.1
+
+
+def test_frontier_is_the_vmapped_solver_and_monotone():
+    betas = np.geomspace(0.05, 2.0, 8)
+    front = frontier("bon:4", betas)
+    assert front.win_rate.shape == (8,) and front.phi_c.shape == (8, 1024)
+    assert np.all(np.diff(front.kl) < 0) and np.all(np.diff(front.win_rate) < 0)
+    assert np.all(front.residual < 1e-10) and np.all(front.iterations > 0)
+    single = solve_optimal("bon:4", betas[3])
+    # The same fixed point (to the solver tolerance; vmapped reductions round differently).
+    assert abs(single.win_rate - front.win_rate[3]) < 1e-10 and abs(single.kl - front.kl[3]) < 1e-10
+    with jax.enable_x64(True):  # the pure core under the caller's own jit + vmap
+        u_m = uniform_grid(1024)
+        core = jax.jit(jax.vmap(lambda b: optimal_policy(best_of_n(4), b, u_m).win_rate))
+        np.testing.assert_allclose(core(jnp.asarray(betas[:3])), front.win_rate[:3], atol=1e-10)
+
+
+def test_user_map_equal_to_bon4_gives_the_builtin_results():
+    user = custom(lambda F: F**4, "my-bon4")
+    betas = np.array([0.4, 0.1])
+    a, b = solve_optimal(user, betas), solve_optimal("bon:4", betas)
+    np.testing.assert_allclose(a.win_rate, b.win_rate, atol=1e-12)
+    np.testing.assert_allclose(a.kl, b.kl, atol=1e-12)
+    np.testing.assert_allclose(a.phi_c, b.phi_c, atol=1e-9)
+    ea, eb = exponential_point(user, 7.0, betas), exponential_point("bon:4", 7.0, betas)
+    np.testing.assert_allclose(ea.win_rate, eb.win_rate, atol=1e-13)
+
+
+def test_monte_carlo_simulation_of_rejection_sampling_from_a_tilted_policy():
+    """Sample u from p ∝ exp(Φ_t(u)/β), run rejection:0.6,3 on policy and reference draws (ties ½)."""
+    q, n, t, beta = 0.6, 3, 4.0, 0.25
+    analytic = exponential_point(f"rejection:{q},{n}", t, beta)
+    rng = np.random.default_rng(1234)
+    cells, samples = 1024, 400_000
+    with jax.enable_x64(True):
+        u_m = uniform_grid(cells)
+        w_c = np.asarray(tilt(exponential_transform(0.5 * (u_m[1:] + u_m[:-1]), t), beta, u_m))
+    cell = rng.choice(cells, size=(samples, n), p=w_c / w_c.sum())
+    policy_u = (cell + rng.random((samples, n))) / cells  # uniform within the piecewise-constant cell
+    reference_u = rng.random((samples, n))
+
+    def rejection_pick(draws):
+        ok = draws >= q
+        return np.where(ok.any(1), draws[np.arange(len(draws)), ok.argmax(1)], draws[:, -1])
+
+    a, b = rejection_pick(policy_u), rejection_pick(reference_u)
+    wins = (a > b) + 0.5 * (a == b)
+    se = wins.std() / math.sqrt(samples)
+    assert abs(wins.mean() - analytic.win_rate) < 4 * se, (wins.mean(), analytic.win_rate, se)
+    assert abs(analytic.win_rate - 0.5) > 20 * se  # the check is not vacuous
+    assert abs(analytic.kl - float(np.sum(w_c * np.log(w_c * cells)))) < 1e-12
+
+
+def test_bad_solver_inputs_raise_usage_errors():
+    for call, fragment in [
+        (lambda: solve_optimal("bon:4", -1.0), "beta must be finite and in (0"),
+        (lambda: solve_optimal("bon:4", 0.5, grid=3), "grid must be an integer"),
+        (lambda: match_kl("bon:4", 9.0), "KL budget must be finite and in (0, 4]"),
+        (lambda: match_kl("bon:4", [[0.5]]), "1-D"),
+        (lambda: exponential_at_kl("bon:4", 1.0, float("nan")), "finite"),
+        (lambda: solve_optimal("bon:x", 0.5), "not an integer"),
+        (lambda: bon_policy_point(0), "positive integer"),
+    ]:
+        with pytest.raises(UsageError) as e:
+            call()
+        assert fragment in str(e.value), str(e.value)
+
+
+def test_cdf_from_masses_normalizes_exactly():
+    with jax.enable_x64(True):
+        F = np.asarray(cdf_from_masses(jnp.array([0.1, 0.2, 0.3, 0.4000000000000001])))
+    assert F[0] == 0.0 and F[-1] == 1.0 and np.all(F <= 1.0) and np.all(np.diff(F) > 0)
