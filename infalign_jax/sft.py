@@ -1,0 +1,416 @@
+"""Supervised fine-tuning of the embedded default policy on HH-RLHF chosen dialogues.
+
+The reference policy π_ref of the paper's HH experiments (Sec. 5) is an SFT model; on CPU we train a small
+Llama-style decoder from scratch on the ``train`` split's chosen dialogues, with the loss on Assistant turns
+only (:func:`infalign_jax.data.loader.sft_encoder`). Pipeline::
+
+    HH TFDS dataset (built if missing) -> byte-level BPE tokenizer (train split) -> AdamW SFT -> held-out
+    loss / perplexity -> Orbax checkpoints -> HF safetensors export (+ tokenizer) -> samples in eval.json
+
+CLI::
+
+    python -m infalign_jax.sft --config configs/sft_hh_tiny.py [--config.num_steps=50] [--workdir DIR]
+
+Workdir layout: ``checkpoints/`` (Orbax, resumed automatically), ``tokenizer/``, ``tb/`` + ``metrics.jsonl``,
+``export/`` (reload with :func:`infalign_jax.models.from_pretrained`) and ``eval.json``. A workdir whose
+export is finished is never overwritten silently: pass ``--overwrite`` (or use a new ``--workdir``).
+
+Training is one ``jax.jit``-ed pure step over the ``nnx.split`` state; the batch is sharded over the mesh's
+``'data'`` axis (all local devices; multi-host via ``jax.make_array_from_process_local_data``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from infalign_jax.cli import UsageError, run_main
+from infalign_jax.io_utils import atomic_write_json
+
+EXPORT, CHECKPOINTS, TOKENIZER = "export", "checkpoints", "tokenizer"
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def masked_lm_loss(logits_btv, tokens_bt, loss_mask_bt):
+    """``(sum of -log p(target), number of targets)`` for next-token prediction.
+
+    Position t predicts ``tokens[t + 1]``; it counts where ``loss_mask[t + 1] == 1``.
+    """
+    logp_btv = jax.nn.log_softmax(logits_btv[:, :-1].astype(jnp.float32), axis=-1)
+    targets_bt = tokens_bt[:, 1:]
+    nll_bt = -jnp.take_along_axis(logp_btv, targets_bt[..., None], axis=-1)[..., 0]
+    w_bt = loss_mask_bt[:, 1:].astype(jnp.float32)
+    return jnp.sum(nll_bt * w_bt), jnp.sum(w_bt)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """``(tx, schedule)``: AdamW with linear warmup + cosine decay (to ``end_lr_fraction`` of the peak) and
+    global-norm clipping.
+
+    Weight decay applies to matrices only (ndim >= 2), not to norm scales.
+    """
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=max(config.num_steps, config.warmup_steps + 1),
+        end_value=config.learning_rate * config.end_lr_fraction,
+    )
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=decay_mask),
+    ), schedule
+
+
+def make_steps(graphdef, tx, pad_id: int):
+    """Jitted ``train_step(state, opt_state, tokens_bt, loss_mask_bt) -> (state, opt_state, metrics)`` and
+    ``eval_step(state, tokens_bt, loss_mask_bt) -> (nll_sum, n_targets)`` (pure functions of the state)."""
+    from infalign_jax.models import functional
+
+    def loss_fn(state, tokens_bt, loss_mask_bt):
+        logits_btv = functional.forward(graphdef, state, tokens_bt, mask_bt=tokens_bt != pad_id)
+        nll, n = masked_lm_loss(logits_btv, tokens_bt, loss_mask_bt)
+        return nll / jnp.maximum(n, 1.0), n
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(state, opt_state, tokens_bt, loss_mask_bt):
+        (loss, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(state, tokens_bt, loss_mask_bt)
+        updates, opt_state = tx.update(grads, opt_state, state)
+        state = optax.apply_updates(state, updates)
+        return state, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "targets": n}
+
+    @jax.jit
+    def eval_step(state, tokens_bt, loss_mask_bt):
+        logits_btv = functional.forward(graphdef, state, tokens_bt, mask_bt=tokens_bt != pad_id)
+        return masked_lm_loss(logits_btv, tokens_bt, loss_mask_bt)
+
+    return train_step, eval_step
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int):
+    from infalign_jax.models import ModelConfig, RopeConfig
+
+    m = config.model
+    return ModelConfig(
+        arch=m.arch,
+        vocab_size=vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim,
+        max_position_embeddings=config.max_len,
+        rope=RopeConfig(theta=m.rope_theta),
+        tie_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
+def _check_config(config) -> None:
+    n_data = jax.device_count()
+    if config.batch_size % n_data:
+        raise UsageError(f"batch_size {config.batch_size} is not a multiple of the {n_data} devices")
+    if config.num_steps < 1:
+        raise UsageError(f"num_steps must be >= 1, got {config.num_steps}")
+    if max(config.buckets) != config.max_len:
+        raise UsageError(f"the largest bucket {max(config.buckets)} must equal max_len {config.max_len}")
+
+
+def _global_batch(batch: dict, mesh) -> tuple[jax.Array, jax.Array]:
+    from infalign_jax.mesh import data_sharding
+
+    sh = data_sharding(mesh, 2)
+    return tuple(jax.make_array_from_process_local_data(sh, batch[k]) for k in ("tokens", "loss_mask"))
+
+
+def evaluate(eval_step, state, loader, mesh) -> dict:
+    """Token-level held-out loss and perplexity over one pass of ``loader`` (padding rows have no targets)."""
+    nll, n = 0.0, 0.0
+    for batch in loader:
+        s, c = eval_step(state, *_global_batch(batch, mesh))
+        nll, n = nll + float(s), n + float(c)
+    loss = nll / max(n, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(loss), "eval_targets": int(n)}
+
+
+def _checkpoint_manager(path: Path, config):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+    return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def _save(mngr, step: int, state, opt_state, meta: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            train=ocp.args.StandardSave({"params": state, "opt": opt_state}),
+            meta=ocp.args.JsonSave(meta),
+        ),
+    )
+
+
+def _restore(mngr, step: int, state, opt_state):
+    """``(state, opt_state, meta)`` of checkpoint ``step``, restored onto the shardings of the given trees."""
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        {"params": state, "opt": opt_state},
+    )
+    out = mngr.restore(
+        step, args=ocp.args.Composite(train=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    )
+    return out["train"]["params"], out["train"]["opt"], out["meta"]
+
+
+def load_checkpoint(workdir, config: ml_collections.ConfigDict, step: int | None = None):
+    """``(model, meta)`` from the Orbax checkpoint ``step`` (default: the latest) of an SFT ``workdir``.
+
+    ``config`` must be the run's config (model shape, optimizer); the vocabulary size comes from the run's
+    tokenizer. ``meta`` = ``{"step": int, "loader": {"epoch", "index"}}``.
+    """
+    from infalign_jax.models import Transformer
+    from infalign_jax.tokenizer_train import load_tokenizer
+
+    workdir = Path(workdir)
+    tok_dir = Path(config.tokenizer_path) if config.tokenizer_path else workdir / TOKENIZER
+    vocab = len(load_tokenizer(tok_dir))
+    graphdef, state = nnx.split(
+        nnx.eval_shape(lambda: Transformer(model_config(config, vocab), rngs=nnx.Rngs(0)))
+    )
+    tx, _ = make_optimizer(config)
+    opt_state = jax.eval_shape(tx.init, state)
+    mngr = _checkpoint_manager(workdir / CHECKPOINTS, config)
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise UsageError(f"no checkpoint in {workdir / CHECKPOINTS}")
+    state, _, meta = _restore(mngr, step, state, opt_state)
+    mngr.close()
+    return nnx.merge(graphdef, state), meta
+
+
+def _samples(model, tokenizer, eval_src, config) -> list[dict]:
+    """Greedy and temperature samples for the first ``num_samples`` held-out prompts (helper F's Sampler)."""
+    from infalign_jax.data.loader import prompt_encoder
+    from infalign_jax.sampling import Sampler, SamplingConfig
+
+    if config.num_samples <= 0 or len(eval_src) == 0:
+        return []
+    enc = prompt_encoder(tokenizer, config.max_prompt_len)
+    recs = [eval_src[i] for i in range(min(config.num_samples, len(eval_src)))]
+    prompts = [enc(r)["prompt_tokens"].tolist() for r in recs]
+    sampler = Sampler(model, eos_ids=(2,), pad_id=0)
+    outs = {}
+    for name, sc in (
+        ("greedy", SamplingConfig(temperature=0.0)),
+        ("sampled", SamplingConfig(temperature=config.sample_temperature, top_p=config.sample_top_p)),
+    ):
+        o = sampler.sample(
+            prompts, n=1, max_new_tokens=config.sample_max_new_tokens, seed=config.seed, config=sc
+        )
+        outs[name] = [
+            tokenizer.decode(o.tokens[i, 0][o.mask[i, 0]], skip_special_tokens=True) for i in range(len(recs))
+        ]
+    return [
+        {
+            "id": r["id"],
+            "prompt_tail": tokenizer.decode(p, skip_special_tokens=True)[-300:],
+            "chosen": r["chosen"],
+            "greedy": outs["greedy"][i],
+            "sampled": outs["sampled"][i],
+        }
+        for i, (r, p) in enumerate(zip(recs, prompts, strict=True))
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False) -> dict:
+    """Runs SFT; returns (and writes to ``<workdir>/eval.json``) the results. See the module docstring."""
+    from infalign_jax.data.hh import build_or_load, load_hh
+    from infalign_jax.data.loader import Loader, sft_encoder
+    from infalign_jax.mesh import make_mesh, replicated
+    from infalign_jax.metrics_log import MetricsWriter
+    from infalign_jax.models import Transformer, save_pretrained
+    from infalign_jax.tokenizer_train import PAD_ID, load_tokenizer, train_hh_tokenizer
+
+    t0 = time.time()
+    _check_config(config)
+    workdir = Path(workdir or config.workdir)
+    export_dir = workdir / EXPORT
+    if export_dir.exists():
+        if not overwrite:
+            raise UsageError(
+                f"{workdir} already holds a finished export ({export_dir}); "
+                "use a new --workdir or pass --overwrite"
+            )
+        for sub in (EXPORT, CHECKPOINTS, "eval.json", "metrics.jsonl", "tb"):  # start over, cleanly
+            p = workdir / sub
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    main_process = jax.process_index() == 0
+
+    # Data and tokenizer.
+    train_src = build_or_load("train", config.data_dir, config.manual_dir or None)
+    eval_src = load_hh("eval", config.data_dir)
+    tok_dir = Path(config.tokenizer_path) if config.tokenizer_path else workdir / TOKENIZER
+    if not (tok_dir / "tokenizer.json").exists():
+        if config.tokenizer_path:
+            raise UsageError(f"no tokenizer.json in tokenizer_path {tok_dir}")
+        if main_process:
+            train_hh_tokenizer(config.data_dir, tok_dir, config.vocab_size)
+    tokenizer = load_tokenizer(tok_dir)
+    encode = sft_encoder(tokenizer, config.max_len, config.max_prompt_len)
+    local_batch = config.batch_size // jax.process_count()
+    train_loader = Loader(train_src, encode, local_batch, seed=config.seed, buckets=config.buckets)
+    eval_loader = Loader(
+        eval_src,
+        encode,
+        local_batch,
+        buckets=config.buckets,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+    )
+
+    # Model, optimizer, mesh.
+    mcfg = model_config(config, len(tokenizer))
+    model = Transformer(mcfg, rngs=nnx.Rngs(config.seed))
+    graphdef, state = nnx.split(model)
+    num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+    tx, schedule = make_optimizer(config)
+    mesh = make_mesh()
+    state = jax.device_put(state, replicated(mesh))
+    opt_state = jax.device_put(tx.init(state), replicated(mesh))
+    train_step, eval_step = make_steps(graphdef, tx, PAD_ID)
+
+    # Resume.
+    mngr = _checkpoint_manager(workdir / CHECKPOINTS, config)
+    step = 0
+    if (latest := mngr.latest_step()) is not None:
+        state, opt_state, meta = _restore(mngr, latest, state, opt_state)
+        step = int(meta["step"])
+        train_loader.restore(meta["loader"])
+
+    start_step = step
+    writer = MetricsWriter(
+        workdir, total_steps=config.num_steps, initial_step=step, enabled=main_process, desc="sft"
+    )
+    batches = iter(train_loader)
+    pending = []  # device metrics since the last log (fetched every log_every steps: no per-step sync)
+    last = {}
+    while step < config.num_steps:
+        tokens, mask = _global_batch(next(batches), mesh)
+        state, opt_state, metrics = train_step(state, opt_state, tokens, mask)
+        pending.append(metrics)
+        step += 1
+        final = step == config.num_steps
+        if step % config.log_every == 0 or final:
+            fetched = jax.device_get(pending)
+            last = {
+                "train_loss": float(np.mean([m["loss"] for m in fetched])),
+                "grad_norm": float(fetched[-1]["grad_norm"]),
+                "learning_rate": float(schedule(step - 1)),
+            }
+            writer.write(step, last)
+            pending = []
+        if step % config.eval_every == 0 or final:
+            eval_loader.restore({"epoch": 0, "index": 0})
+            evaluated = evaluate(eval_step, state, eval_loader, mesh)
+            writer.write(step, evaluated)
+        if step % config.checkpoint_every == 0 or final:
+            _save(mngr, step, state, opt_state, {"step": step, "loader": train_loader.state})
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+    train_time = time.time() - t0
+
+    if start_step == step:  # nothing to train (resumed at the end): evaluate the restored parameters
+        eval_loader.restore({"epoch": 0, "index": 0})
+        evaluated = evaluate(eval_step, state, eval_loader, mesh)
+    results = {
+        **evaluated,
+        "train_loss_last": last.get("train_loss"),
+        "steps": step,
+        "num_params": num_params,
+        "train_examples": len(train_src),
+        "eval_examples": len(eval_src),
+        "seed": config.seed,
+    }
+    model = nnx.merge(graphdef, jax.device_get(state))
+    if main_process:
+        save_pretrained(model, tokenizer, export_dir)
+        results["samples"] = _samples(model, tokenizer, eval_src, config)
+        results["wall_time_s"] = round(time.time() - t0, 1)
+        results["train_wall_time_s"] = round(train_time, 1)
+        atomic_write_json(workdir / "eval.json", results)
+    return results
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file (as ``--config`` would load it)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", path, flag_values=fv)
+    fv(["sft"])
+    return fv.config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "SFT config file (configs/sft_hh_tiny.py)", flag_values=fv
+    )
+    flags.DEFINE_string("workdir", None, "output directory (default: the config's workdir)", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace a finished run in workdir", flag_values=fv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        fv(["python -m infalign_jax.sft", *argv])
+        config = fv.config
+    except (flags.Error, FileNotFoundError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"bad arguments: {e}") from e
+    if config is None:
+        raise UsageError("--config is required (e.g. --config configs/sft_hh_tiny.py)")
+    results = train(config, fv.workdir, fv.overwrite)
+    summary = {k: v for k, v in results.items() if k != "samples"}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
