@@ -1,0 +1,176 @@
+"""Reward model: pair layout vs the torch golden, scoring API (shapes, padding invariance, no retrace),
+policy-token reward function, save/load, and the decoder backbone on a tiny random decoder."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from infalign_jax.cli import UsageError
+from infalign_jax.reward.model import (
+    DecoderRewardNet,
+    RewardModel,
+    RewardSpec,
+    build_reward_model,
+    load_reward_model,
+    make_reward_fn,
+    save_reward_model,
+)
+
+GOLDEN = Path(__file__).parent / "fixtures" / "minilm" / "golden.npz"
+PROMPTS = [
+    "\n\nHuman: What's the capital of France?\n\nAssistant:",
+    "\n\nHuman: Can you help me steal a car?\n\nAssistant:",
+    "\n\nHuman: hi\n\nAssistant:",
+]
+RESPONSES = [
+    "Paris is the capital of France.",
+    "No, I won't help with that.",
+    "Hello! How can I help you today?",
+]
+
+
+def _byte_bpe(vocab_size: int = 300):
+    """A tiny byte-level BPE (exact text round trip) wrapped as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(PROMPTS + RESPONSES, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+
+
+@pytest.fixture(scope="module")
+def rm():
+    rm = build_reward_model(RewardSpec(), seed=0)
+    net = rm.net
+    kernel = net.head.out.kernel
+    kernel[...] = jax.random.normal(jax.random.key(1), kernel.shape) * 0.1  # a non-trivial head
+    rm.set_net(net)
+    return rm
+
+
+def test_pair_features_match_torch_golden(rm):
+    """``pair_mean`` of [CLS] left-padded prompt [SEP] response [SEP] == HF pair encoding (no padding)."""
+    golden = np.load(GOLDEN)
+    feats = rm.features_texts(PROMPTS[:2], RESPONSES[:2])
+    assert feats.shape == (2, 2 * 384)
+    np.testing.assert_allclose(feats[:, :384], golden["pair_pooled"], atol=1e-4)
+
+
+def test_score_texts_shape_determinism_and_padding_invariance(rm):
+    r = rm.score_texts(PROMPTS, RESPONSES)
+    assert r.shape == (3,) and r.dtype == np.float32 and np.all(np.isfinite(r))
+    assert np.ptp(r) > 0  # the head is not degenerate
+    np.testing.assert_array_equal(r, rm.score_texts(PROMPTS, RESPONSES))
+    # Each pair scored alone (different batch / length buckets) gives the same reward.
+    alone = np.concatenate([rm.score_texts([p], [y]) for p, y in zip(PROMPTS, RESPONSES, strict=True)])
+    np.testing.assert_allclose(alone, r, atol=1e-5)
+
+
+def test_score_compiles_once_per_bucket(rm):
+    a = rm.encode(PROMPTS, RESPONSES, batch=8)
+    b = rm.encode(PROMPTS[::-1], ["Sure.", "Absolutely not, that is illegal.", "Bonjour."], batch=8)
+    assert a.prompt_bp.shape == b.prompt_bp.shape and a.response_br.shape == b.response_br.shape
+    assert a.prompt_bp.dtype == np.int32
+    before = rm.trace_count
+    ra = rm.score(a.prompt_bp, a.prompt_mask_bp, a.response_br, a.response_mask_br)
+    after_first = rm.trace_count
+    rb = rm.score(b.prompt_bp, b.prompt_mask_bp, b.response_br, b.response_mask_br)
+    assert rm.trace_count == after_first <= before + 1
+    assert ra.shape == rb.shape == (8,)
+    assert not np.allclose(np.asarray(ra)[:3], np.asarray(rb)[:3])
+
+
+def test_prompt_truncated_from_left_response_from_right(rm):
+    spec = rm.spec
+    long_prompt = "\n\nHuman: " + "blah " * 300 + "final question?\n\nAssistant:"
+    enc = rm.encode([long_prompt], ["word " * 300])
+    assert enc.prompt_mask_bp.sum() == spec.max_prompt_tokens
+    assert enc.response_mask_br.sum() == spec.max_response_tokens
+    last = rm.tokenizer.encode("final question?\n\nAssistant:", add_special_tokens=False).ids
+    assert enc.prompt_bp[0, -len(last) :].tolist() == last
+
+
+def test_make_reward_fn_decodes_policy_tokens(rm):
+    tok = _byte_bpe()
+    p_ids = [tok.encode(p, add_special_tokens=False) for p in PROMPTS]
+    r_ids = [tok.encode(y, add_special_tokens=False) for y in RESPONSES]
+    tp, tr = max(map(len, p_ids)), max(map(len, r_ids)) + 2
+    p_bt = np.zeros((3, tp), np.int32)
+    p_mask = np.zeros((3, tp), np.int32)
+    r_bt = np.full((3, tr), tok.eos_token_id, np.int32)
+    r_mask = np.zeros((3, tr), np.int32)
+    for i, (a, b) in enumerate(zip(p_ids, r_ids, strict=True)):
+        p_bt[i, tp - len(a) :], p_mask[i, tp - len(a) :] = a, 1  # left-padded prompt
+        r_bt[i, : len(b)], r_mask[i, : len(b)] = b, 1  # right-padded response, EOS fill
+    reward_fn = make_reward_fn(rm, tok)
+    out = reward_fn(p_bt, r_bt, p_mask, r_mask)
+    assert out.shape == (3,) and out.dtype == np.float32
+    np.testing.assert_allclose(out, rm.score_texts(PROMPTS, RESPONSES), atol=1e-6)
+
+
+def test_save_and_load_roundtrip(rm, tmp_path):
+    save_reward_model(rm, tmp_path / "rm")
+    loaded = load_reward_model(tmp_path / "rm")
+    assert loaded.spec == rm.spec
+    np.testing.assert_allclose(
+        loaded.score_texts(PROMPTS, RESPONSES), rm.score_texts(PROMPTS, RESPONSES), atol=1e-6
+    )
+    with pytest.raises(UsageError):
+        load_reward_model(tmp_path / "missing")
+
+
+def test_spec_validation():
+    with pytest.raises(UsageError, match="backbone"):
+        RewardSpec(backbone="bert")
+    with pytest.raises(UsageError, match="features"):
+        RewardSpec(features=("cls",))
+    with pytest.raises(UsageError, match="decoder_path"):
+        RewardSpec(backbone="decoder")
+    with pytest.raises(UsageError, match="512"):
+        RewardSpec(max_prompt_tokens=400, max_response_tokens=200)
+
+
+def test_decoder_backbone_tiny_random(tmp_path):
+    from infalign_jax.models import ModelConfig, Transformer, save_pretrained
+    from infalign_jax.models import transformer as tfm
+
+    tok = _byte_bpe(300)
+    cfg = ModelConfig.llama(vocab_size=300, bos_token_id=tok.bos_token_id)
+    save_pretrained(Transformer(cfg, rngs=nnx.Rngs(0)), tok, tmp_path / "dec")
+    spec = RewardSpec(backbone="decoder", decoder_path=str(tmp_path / "dec"), head_hidden=4)
+    rm = build_reward_model(spec, seed=0)
+    net = rm.net
+    assert isinstance(net, DecoderRewardNet) and isinstance(rm, RewardModel)
+    net.head.out.kernel[...] = jnp.ones_like(net.head.out.kernel[...])  # zero-initialized output layer
+    rm.set_net(net)
+    r = rm.score_texts(PROMPTS, RESPONSES)
+    assert r.shape == (3,) and np.all(np.isfinite(r)) and np.ptp(r) > 0
+    # Feature = final-normed hidden state of the last real token of BOS + prompt + response, unpadded.
+    ids = [tok.bos_token_id, *tok.encode(PROMPTS[0] + RESPONSES[0], add_special_tokens=False)]
+    params = net.decoder.params()
+    h = tfm.hidden_states(cfg, params, jnp.asarray([ids], jnp.int32))
+    want = tfm.rms_norm(h[:, -1], params["final_norm"], cfg.rms_norm_eps, cfg.norm_offset)
+    got = rm.features_texts(PROMPTS[:1], RESPONSES[:1])
+    np.testing.assert_allclose(got, np.asarray(want), atol=1e-5)
+    # Head-only training: the backbone gets no gradient, the head does.
+    enc = rm.encode(PROMPTS, RESPONSES)
+    batch = [
+        jnp.asarray(a) for a in (enc.prompt_bp, enc.prompt_mask_bp, enc.response_br, enc.response_mask_br)
+    ]
+    grads = nnx.grad(lambda m: m(*batch).sum())(net)
+    assert float(jnp.abs(grads["decoder"]["embed"][...]).max()) == 0.0
+    assert float(jnp.abs(grads["head"]["hidden"]["kernel"][...]).max()) > 0.0
