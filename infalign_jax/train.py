@@ -1,0 +1,195 @@
+"""CTRL trainer CLI (paper Sec. 4, Alg. 1) on ml_collections configs.
+
+    python -m infalign_jax.train --config configs/ctrl_bandit.py --workdir W [--config.beta=..
+    --config.transform=..]
+
+Rerunning with the same ``--workdir`` resumes from the latest checkpoint. SIGTERM saves a checkpoint and exits
+with status 143. A non-finite reward, loss or gradient stops the run (status 1) without writing a checkpoint.
+Invalid configs fail before anything runs (status 2). Outputs: ``W/metrics.jsonl``, ``W/tb/``,
+``W/checkpoints/``, and ``W/final_eval.json`` when the task defines an evaluation.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+
+from infalign_jax.analytic.procedures import parse_procedure
+from infalign_jax.cli import UsageError, run_main
+from infalign_jax.ctrl import bandit
+from infalign_jax.ctrl.checkpoint import RunCheckpointer
+from infalign_jax.ctrl.objective import LossConfig
+from infalign_jax.ctrl.train_step import CtrlProblem, CtrlTrainer, StepConfig, make_optimizer
+from infalign_jax.ctrl.transforms import check_transform_for_procedure, parse_transform
+from infalign_jax.io_utils import atomic_write_json
+from infalign_jax.mesh import make_mesh
+from infalign_jax.metrics_log import MetricsWriter
+
+# Task builders: config.problem -> builder(config, step_cfg) -> CtrlProblem.
+PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict, StepConfig], CtrlProblem]] = {
+    "bandit": bandit.build_problem,
+}
+EXIT_NONFINITE = 1
+EXIT_PREEMPTED = 143
+
+
+class NonFiniteError(RuntimeError):
+    """A step produced a NaN/Inf reward, loss or gradient; nothing of that step was saved."""
+
+
+def step_config(config: ml_collections.ConfigDict) -> StepConfig:
+    """Validates the config and builds the static step configuration (UsageError on any problem)."""
+    parse_procedure(config.procedure)
+    transform = parse_transform(config.transform)
+    check_transform_for_procedure(transform, config.procedure)
+    cfg = StepConfig(
+        transform=transform,
+        loss=LossConfig(
+            beta=float(config.beta),
+            kl_mode=config.kl_mode,
+            clip_eps=float(config.clip_eps) or None,
+            loss_norm=config.loss_norm,
+        ),
+        num_samples=int(config.num_samples),
+        num_ref=int(config.num_ref),
+        reference=config.reference,
+        ppo_epochs=int(config.ppo_epochs),
+        calibration_method=config.calibration_method,
+    )
+    cfg.validate()
+    if config.problem not in PROBLEMS:
+        raise UsageError(f"unknown problem {config.problem!r}; expected one of {sorted(PROBLEMS)}")
+    if config.num_steps < 1 or config.prompts_per_step < 1:
+        raise UsageError("num_steps and prompts_per_step must be >= 1")
+    if config.step_mode not in ("phased", "fused"):
+        raise UsageError(f"step_mode must be 'phased' or 'fused', got {config.step_mode!r}")
+    return cfg
+
+
+def _mesh(config):
+    fsdp = int(config.mesh.fsdp)
+    data = int(config.mesh.data) or None
+    n = len(jax.devices()) if data is None else data * fsdp
+    if n > len(jax.devices()):
+        raise UsageError(f"mesh data={data} x fsdp={fsdp} needs {n} devices, have {len(jax.devices())}")
+    try:
+        return make_mesh(data, fsdp, jax.devices()[:n])
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def host_tree(tree):
+    """Gathers a (possibly sharded, possibly multi-process) pytree to host numpy on every process."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
+    """Runs (or resumes) a CTRL run in ``workdir``; returns the final evaluation (or None)."""
+    cfg = step_config(config)
+    workdir = Path(workdir)
+    problem = PROBLEMS[config.problem](config, cfg)
+    o = config.optim
+    tx = make_optimizer(
+        o.lr,
+        config.num_steps,
+        o.warmup_steps,
+        o.schedule,
+        o.end_factor,
+        o.weight_decay,
+        o.b1,
+        o.b2,
+        max_grad_norm=float(o.max_grad_norm) or None,
+    )
+    trainer = CtrlTrainer(problem.policy, problem.scorer, cfg, tx, _mesh(config))
+    state = trainer.init_state(problem.params, problem.ref_params, problem.env, config.seed)
+    ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+    start = int(state.step)
+    main_proc = jax.process_index() == 0
+    writer = MetricsWriter(
+        workdir, config.num_steps, initial_step=start, enabled=main_proc, progress=config.progress
+    )
+    meta = {"config": config.to_dict()}
+    step_fn = trainer.phased_step if config.step_mode == "phased" else trainer.train_step
+
+    stop = {"sigterm": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
+    times = []
+    try:
+        while int(state.step) < config.num_steps:
+            step = int(state.step) + 1
+            batch = trainer.shard_batch(problem.batch(int(state.data_pos)))
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, batch, trainer.step_rng(state))
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            m.setdefault("time/step", time.perf_counter() - t0)
+            if m["finite"] != 1.0:
+                raise NonFiniteError(
+                    f"non-finite reward, loss or gradient at step {step} (raw reward mean "
+                    f"{m['reward/raw_mean']}, loss {m['loss']}); stopped without saving — last checkpoint: "
+                    f"step {ckpt.latest_step()}"
+                )
+            writer.write(step, m)
+            times.append({k: v for k, v in m.items() if k.startswith("time/")})
+            if ckpt.should_save(step) or step == config.num_steps or stop["sigterm"]:
+                ckpt.save(state, meta)
+            if stop["sigterm"]:
+                ckpt.wait()
+                print(f"SIGTERM: saved checkpoint at step {step}; exiting", file=sys.stderr)
+                return None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        writer.close()
+        ckpt.close()
+    result = None
+    if problem.final_eval is not None:
+        result = problem.final_eval(host_tree(state.params))
+        if times[1:]:
+            result["time_ms"] = {k[5:]: 1e3 * float(np.median([t[k] for t in times[1:]])) for k in times[1]}
+        result.update({"steps": int(state.step), "transform": cfg.transform.spec, "beta": cfg.loss.beta})
+        if main_proc:
+            atomic_write_json(workdir / "final_eval.json", result)
+    return result
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds checkpoints).")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        flags.FLAGS(argv)
+    except flags.Error as e:
+        raise UsageError(str(e)) from e
+    except (AttributeError, KeyError, TypeError) as e:  # e.g. --config.unknown_field=...
+        raise UsageError(f"bad config override: {e}") from e
+    if _CONFIG.value is None or not _WORKDIR.value:
+        raise UsageError("--config and --workdir are required")
+    got_sigterm = []
+    signal.signal(signal.SIGTERM, lambda *_: got_sigterm.append(1))
+    try:
+        train(_CONFIG.value, _WORKDIR.value)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+    return EXIT_PREEMPTED if got_sigterm else 0
+
+
+if __name__ == "__main__":
+    run_main(main)

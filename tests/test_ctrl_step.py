@@ -1,0 +1,142 @@
+"""The jitted CTRL step: sharding invariance (1 vs 8 devices, fsdp), phased == fused, non-finite guard, and a
+2-process jax.distributed run equal to one process.
+
+Run as a script (``python tests/test_ctrl_step.py PROCESS_ID PORT OUT``) it is the multi-process worker.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from infalign_jax.ctrl import bandit
+from infalign_jax.ctrl.objective import LossConfig
+from infalign_jax.ctrl.train_step import CtrlTrainer, StepConfig, make_optimizer
+from infalign_jax.ctrl.transforms import parse_transform
+from infalign_jax.mesh import make_mesh
+
+C, V, S, K = 8, 64, 8, 16
+# Unsampled atoms have an exact gradient of 0 (RLOO advantages sum to 0) that float32 computes as ~1e-9
+# roundoff;
+# Adam's first step maps any nonzero gradient to ±lr·g/(|g| + eps), so with eps = 1e-8 those coordinates
+# would move
+# by ~±lr in a direction set by roundoff. eps = 1e-4 keeps roundoff-level gradients at roundoff-level updates
+# (< 1e-6) while real gradients (~1e-2 here) still get Adam's normalized steps.
+ADAM_EPS = 1e-4
+
+
+def _run(
+    mesh, steps=3, mode="fused", transform="exp:4", nan_response=-1, kl_mode="k1", clip_eps=None, ppo_epochs=1
+):
+    prob = bandit.make_bandit(C, V, 1.0, 3)
+    rewards = prob.rewards.copy()
+    if nan_response >= 0:
+        rewards[:, nan_response] = np.nan
+    cfg = StepConfig(
+        transform=parse_transform(transform),
+        loss=LossConfig(beta=0.2, kl_mode=kl_mode, clip_eps=clip_eps),
+        num_samples=S,
+        num_ref=K,
+        ppo_epochs=ppo_epochs,
+    )
+    tr = CtrlTrainer(
+        bandit.TabularPolicy(),
+        bandit.bandit_scorer,
+        cfg,
+        make_optimizer(0.1, 10, warmup_steps=1, max_grad_norm=1.0, eps=ADAM_EPS),
+        mesh,
+    )
+    state = tr.init_state({"logits": prob.ref_logits}, {"logits": prob.ref_logits}, {"rewards": rewards}, 7)
+    step = tr.train_step if mode == "fused" else tr.phased_step
+    losses, finite = [], []
+    for i in range(steps):
+        state, m = step(state, tr.shard_batch(prob.batch(i, C)), tr.step_rng(state))
+        losses.append(float(m["loss"]))
+        finite.append(float(m["finite"]))
+    from infalign_jax.train import host_tree
+
+    return (
+        np.array(losses),
+        host_tree(state.params)["logits"],
+        finite,
+        host_tree(state.opt_state),
+        int(state.step),
+    )
+
+
+def test_sharding_invariance_and_phased_equals_fused():
+    """1 device (fused and phased) vs 8 devices vs data=4 x fsdp=2, with k3 KL and 2 clipped PPO epochs."""
+    kw = dict(kl_mode="k3", clip_eps=0.2, ppo_epochs=2)
+    l1, p1, _, _, _ = _run(make_mesh(1, 1, jax.devices()[:1]), **kw)
+    assert not np.allclose(p1, bandit.make_bandit(C, V, 1.0, 3).ref_logits)  # the step did move the params
+    runs = [
+        _run(make_mesh(1, 1, jax.devices()[:1]), mode="phased", **kw),
+        _run(make_mesh(8, 1), **kw),
+        _run(make_mesh(4, 2), **kw),
+    ]
+    for loss, params, *_ in runs:
+        np.testing.assert_allclose(loss, l1, atol=1e-5)
+        np.testing.assert_allclose(params, p1, atol=1e-5)
+
+
+def test_nonfinite_reward_leaves_state_unchanged():
+    _, params, finite, opt_state, step = _run(make_mesh(1, 1, jax.devices()[:1]), steps=1, nan_response=0)
+    assert finite == [0.0] and step == 0
+    np.testing.assert_array_equal(params, bandit.make_bandit(C, V, 1.0, 3).ref_logits)
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(opt_state))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = tmp_path / "mp.npz"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(i), str(port), str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=120)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    got = np.load(out)
+    loss, params, _, _, _ = _run(make_mesh(2, 2, jax.devices()[:4]))
+    np.testing.assert_allclose(got["loss"], loss, atol=1e-5)
+    np.testing.assert_allclose(got["params"], params, atol=1e-5)
+
+
+if __name__ == "__main__":
+    pid, port, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    jax.config.update("jax_num_cpu_devices", 2)
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=2,
+        process_id=pid,
+        coordinator_bind_address=f"127.0.0.1:{port}",
+    )
+    assert jax.device_count() == 4 and jax.process_count() == 2
+    loss, params, _, _, _ = _run(make_mesh(2, 2))
+    if pid == 0:
+        np.savez(out, loss=loss, params=params)
+    jax.distributed.shutdown()
