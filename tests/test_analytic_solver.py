@@ -63,11 +63,17 @@ def test_identity_tilt_matches_closed_forms_up_to_the_derived_grid_error():
 
 
 def test_identity_at_kl_hits_the_closed_form_curve():
-    point = identity_at_kl("identity", KLS)
-    for kl, beta, win in zip(KLS, point.beta, point.win_rate, strict=True):
-        assert abs(identity_tilt_kl(beta) - kl) < 2e-5
-        assert abs(win - identity_tilt_mean(beta)) < 2e-6
+    # The identity-transform policy p ∝ e^{u/β} does not depend on T; bon:4 shares the fixture's compilation.
+    point = identity_at_kl("bon:4", KLS)
     np.testing.assert_allclose(point.kl, KLS, atol=1e-9)
+    for kl, beta, win in zip(KLS, point.beta, point.win_rate, strict=True):
+        assert abs(identity_tilt_kl(beta) - kl) < 2e-5  # grid error h²/(24β²) < 2e-5 for β > 0.05
+        # W(BoN4(p) ≻ BoN4(U)) = ∫ u^4 d(F^4) with F(u) = (e^{u/β} − 1)/(e^{1/β} − 1), by fine quadrature.
+        u = np.linspace(0.0, 1.0, 400_001)
+        F = np.expm1(u / beta) / np.expm1(1.0 / beta)
+        integrand = u**4 * 4 * F**3 * np.exp(u / beta) / (beta * np.expm1(1.0 / beta))
+        exact = float(np.sum(0.5 * (integrand[1:] + integrand[:-1]) * np.diff(u)))
+        assert abs(win - exact) < 2e-5, (win, exact)
 
 
 @pytest.mark.parametrize("n", [2, 4, 8])

@@ -16,10 +16,36 @@ from infalign_jax.analytic.procedures import (
     rejection,
     worst_of_n,
 )
+from infalign_jax.analytic.solver import (
+    ExponentialPoint,
+    OptimalSolution,
+    best_exponential,
+    bon_policy_point,
+    bon_policy_win_rate,
+    exponential_at_kl,
+    exponential_point,
+    frontier,
+    identity_at_kl,
+    match_kl,
+    optimal_policy,
+    solve_optimal,
+)
 from infalign_jax.analytic.transforms import exponential_transform
 
 __all__ = [
+    "ExponentialPoint",
+    "OptimalSolution",
     "Procedure",
+    "best_exponential",
+    "bon_policy_point",
+    "bon_policy_win_rate",
+    "exponential_at_kl",
+    "exponential_point",
+    "frontier",
+    "identity_at_kl",
+    "match_kl",
+    "optimal_policy",
+    "solve_optimal",
     "best_of_n",
     "custom",
     "exponential_transform",

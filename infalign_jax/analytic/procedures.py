@@ -48,14 +48,11 @@ def _identity_map(F_m, u_m):
     return F_m
 
 
-def _best_of_n_map(F_m, u_m, n):
+def _extreme_of_n_map(F_m, u_m, n, worst):
+    # best-of-n (worst = 0): G = F^n; worst-of-n (worst = 1): G = 1 − (1 − F)^n. One map (n and the flag may
+    # be traced), so the solver compiles once for both families.
     del u_m
-    return F_m**n
-
-
-def _worst_of_n_map(F_m, u_m, n):
-    del u_m
-    return 1.0 - (1.0 - F_m) ** n
+    return jnp.where(worst > 0, 1.0 - (1.0 - F_m) ** n, F_m**n)
 
 
 def _kth_of_n_map(F_m, u_m, k, n):
@@ -87,7 +84,7 @@ def _custom_map(F_m, u_m, user_fn, takes_u):
 
 # Maps whose numeric params may be traced arrays (the solver passes them as jit arguments, so bon:2 and bon:8
 # share one compilation); the others get their params as static Python values.
-TRACEABLE_MAPS = frozenset({_best_of_n_map, _worst_of_n_map, _rejection_map})
+TRACEABLE_MAPS = frozenset({_extreme_of_n_map, _rejection_map})
 
 
 def identity() -> Procedure:
@@ -98,13 +95,13 @@ def identity() -> Procedure:
 def best_of_n(n: int) -> Procedure:
     """Best-of-n (keep the highest of n draws): G = F^n (paper Sec. 3; App. on BoN)."""
     n = _check_n(n)
-    return Procedure(f"bon:{n}", _best_of_n_map, (n,))
+    return Procedure(f"bon:{n}", _extreme_of_n_map, (n, 0))
 
 
 def worst_of_n(n: int) -> Procedure:
     """Worst-of-n (keep the lowest of n draws, e.g. a jailbreak red-team model): G = 1 − (1 − F)^n."""
     n = _check_n(n)
-    return Procedure(f"won:{n}", _worst_of_n_map, (n,))
+    return Procedure(f"won:{n}", _extreme_of_n_map, (n, 1))
 
 
 def kth_of_n(k: int, n: int) -> Procedure:

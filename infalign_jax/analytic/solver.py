@@ -39,8 +39,8 @@ from infalign_jax.cli import UsageError
 DEFAULT_CELLS = 1024
 DEFAULT_MAX_ITER = 2000
 DEFAULT_TOL = 1e-10
-LOG_BETA_RANGE = (math.log(1e-4), math.log(1e4))  # bisection bracket for β when matching a KL budget
-BISECTION_STEPS = 40  # log β to 2^-40 of the bracket (≈ 2e-11)
+LOG_BETA_RANGE = (math.log(1e-4), math.log(1e4))  # β searched in this range when matching a KL budget
+MATCH_STEPS = 16  # safeguarded secant steps in log β (each a warm-started solve for the optimal policy)
 T_RANGE = 200.0  # best exponential: t searched in [−T_RANGE, T_RANGE]
 MAX_KL = 4.0  # larger KL budgets are rejected (the grid cannot resolve such peaked policies reliably)
 
@@ -177,20 +177,49 @@ def optimal_policy(
     )
 
 
-def _bisect_log_beta(kl_of_log_beta, kl_target, carry0=None):
-    """Bisection for log β in LOG_BETA_RANGE, KL(β) decreasing in β. ``kl_of_log_beta(log β, carry)`` returns
-    (KL, carry), so a solver can warm-start from its previous iterate. Returns (log β, carry)."""
+def _match_log_beta(kl_of_log_beta, kl_target, steps: int, carry0=None):
+    """Solves KL(β) = ``kl_target`` for log β (KL decreasing in β) by a safeguarded secant method on
+    y = log KL − log target: secant steps, bisection once the root is bracketed and the secant leaves the
+    bracket, growing steps (≥ 1 in log β) until it is; clamped to LOG_BETA_RANGE. ``kl_of_log_beta(x, carry)``
+    returns (KL, carry) so a solver can warm-start from its previous iterate. Returns (log β, carry) of the
+    best point seen (smallest |y|); log KL is nearly linear in log β, so ~10 steps reach 1e-12.
+    """
+    lo_limit, hi_limit = LOG_BETA_RANGE
+    log_target = jnp.log(kl_target)
+
+    def evaluate(x, carry):
+        kl, carry = kl_of_log_beta(x, carry)
+        return jnp.log(jnp.maximum(kl, 1e-300)) - log_target, carry
+
+    def bracket(lo, hi, x, y):
+        return jnp.where(y > 0, jnp.maximum(lo, x), lo), jnp.where(y <= 0, jnp.minimum(hi, x), hi)
 
     def body(_, state):
-        lo, hi, carry = state
-        mid = 0.5 * (lo + hi)
-        kl, carry = kl_of_log_beta(mid, carry)
-        too_far = kl > kl_target  # too much KL: β must grow
-        return jnp.where(too_far, mid, lo), jnp.where(too_far, hi, mid), carry
+        x0, y0, x1, y1, lo, hi, best_x, best_y, carry = state
+        slope = (y1 - y0) / jnp.where(x1 == x0, 1.0, x1 - x0)
+        usable = (slope < 0) & jnp.isfinite(slope)
+        secant = x1 - y1 / jnp.where(usable, slope, -1.0)
+        bracketed = jnp.isfinite(lo) & jnp.isfinite(hi)
+        inside = (secant > lo) & (secant < hi)
+        expand = x1 + jnp.where(y1 > 0, 1.0, -1.0) * jnp.maximum(1.0, jnp.abs(x1 - x0))
+        x2 = jnp.where(usable & inside, secant, jnp.where(bracketed, 0.5 * (lo + hi), expand))
+        x2 = jnp.where(best_y == 0, best_x, jnp.clip(x2, lo_limit, hi_limit))
+        y2, carry = evaluate(x2, carry)
+        lo, hi = bracket(lo, hi, x2, y2)
+        better = jnp.abs(y2) < jnp.abs(best_y)
+        best_x, best_y = jnp.where(better, x2, best_x), jnp.where(better, y2, best_y)
+        return x1, y1, x2, y2, lo, hi, best_x, best_y, carry
 
-    lo, hi = (jnp.asarray(x, jnp.float64) for x in LOG_BETA_RANGE)
-    lo, hi, carry = jax.lax.fori_loop(0, BISECTION_STEPS, body, (lo, hi, carry0))
-    return 0.5 * (lo + hi), carry
+    x0 = jnp.asarray(math.log(0.3), jnp.float64)
+    y0, carry = evaluate(x0, carry0)
+    x1 = x0 + jnp.where(y0 > 0, 0.5, -0.5)
+    y1, carry = evaluate(x1, carry)
+    inf = jnp.asarray(jnp.inf, jnp.float64)
+    lo, hi = bracket(*bracket(-inf, inf, x0, y0), x1, y1)
+    best = jnp.abs(y1) < jnp.abs(y0)
+    state = (x0, y0, x1, y1, lo, hi, jnp.where(best, x1, x0), jnp.where(best, y1, y0), carry)
+    state = jax.lax.fori_loop(0, steps, body, state)
+    return state[6], state[8]
 
 
 def _optimal_at_kl(procedure, kl, u_m, max_iter, tol) -> OptimalSolution:
@@ -201,7 +230,7 @@ def _optimal_at_kl(procedure, kl, u_m, max_iter, tol) -> OptimalSolution:
         logw, _, it, _ = _mirror_ascent(procedure, jnp.exp(log_beta), u_m, logw, max_iter, tol)
         return kl_to_reference(jnp.exp(logw), u_m), (logw, total + it)
 
-    log_beta, (logw, total) = _bisect_log_beta(kl_of, kl, (logw0, jnp.asarray(0)))
+    log_beta, (logw, total) = _match_log_beta(kl_of, kl, MATCH_STEPS, (logw0, jnp.asarray(0)))
     return optimal_policy(
         procedure, jnp.exp(log_beta), u_m, logw, max_iter=max_iter, tol=tol, iterations_before=total
     )
@@ -214,13 +243,13 @@ def _exponential_at_beta(procedure, t, beta, u_m):
 
 def _exponential_at_kl(procedure, t, kl, u_m) -> ExponentialPoint:
     kl_of = lambda log_beta, carry: (_exponential_at_beta(procedure, t, jnp.exp(log_beta), u_m)[1], carry)
-    log_beta, _ = _bisect_log_beta(kl_of, kl)
+    log_beta, _ = _match_log_beta(kl_of, kl, MATCH_STEPS)
     beta = jnp.exp(log_beta)
     win, kl_value = _exponential_at_beta(procedure, t, beta, u_m)
     return ExponentialPoint(t=jnp.asarray(t, jnp.float64), beta=beta, win_rate=win, kl=kl_value)
 
 
-def _best_exponential_at_kl(procedure, kl, u_m, num_t: int = 81, golden_steps: int = 48) -> ExponentialPoint:
+def _best_exponential_at_kl(procedure, kl, u_m, num_t: int = 41, golden_steps: int = 32) -> ExponentialPoint:
     """Coarse search over t (sinh-spaced in [−T_RANGE, T_RANGE], t = 0 included), then a golden-section search
     between the best grid point's neighbours. Every candidate t is matched to the KL budget by bisection."""
     s = jnp.linspace(-1.0, 1.0, num_t)
@@ -403,12 +432,22 @@ def bon_policy_point(n: int) -> tuple[float, float]:
 
 
 @_x64
-def bon_policy_win_rate(procedure, n: int, *, grid=DEFAULT_CELLS) -> float:
-    """W(T(BoN_n(π_ref)) ≻ T(π_ref)) of the best-of-n policy, evaluated numerically under ``procedure``."""
+def bon_policy_win_rate(procedure, n, *, grid=DEFAULT_CELLS):
+    """W(T(BoN_n(π_ref)) ≻ T(π_ref)) of the best-of-n policy (masses of u^n), evaluated numerically under
+    ``procedure``; ``n`` an integer or a 1-D integer array (one vmapped call)."""
     procedure = as_procedure(procedure)
-    bon_policy_point(n)
-    u_m = _grid(_check_grid(grid))
-    return float(inference_win_rate(procedure, jnp.diff(u_m**n), u_m))
+    n_b = np.atleast_1d(np.asarray(n))
+    if n_b.ndim != 1 or not np.issubdtype(n_b.dtype, np.integer) or np.any(n_b < 1):
+        raise UsageError(f"n must be a positive integer or a 1-D array of them, got {n!r}")
+    static, dynamic = _split(procedure)
+    result = _bon_policy_batch(static, dynamic, n_b.astype(np.float64), _check_grid(grid))
+    return result if np.ndim(n) else result[0]
+
+
+@functools.partial(jax.jit, static_argnames=("static", "num_cells"))
+def _bon_policy_batch(static, dynamic, n_b, num_cells):
+    procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
+    return jax.vmap(lambda n: inference_win_rate(procedure, jnp.diff(u_m**n), u_m))(n_b)
 
 
 def _check_matched(kl_found, kl_b, procedure, what):
