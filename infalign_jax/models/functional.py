@@ -25,6 +25,11 @@ def forward(graphdef, state, tokens_bt, positions_bt=None, mask_bt=None):
     return nnx.merge(graphdef, state)(tokens_bt, positions_bt, mask_bt)
 
 
+def token_logprobs(graphdef, state, tokens_bt, positions_bt=None, mask_bt=None, *, chunk: int = 256):
+    """log p(tokens[:, t+1] | prefix) [B, T-1], vocab-chunked (no full [B, T, V] logits in memory)."""
+    return nnx.merge(graphdef, state).token_logprobs(tokens_bt, positions_bt, mask_bt, chunk=chunk)
+
+
 def prefill(graphdef, state, tokens_bt, mask_bt, max_new_tokens=None):
     """(logits_bv, prefix_cache) for a left-padded prompt batch; see :func:`transformer.prefill`."""
     return nnx.merge(graphdef, state).prefill(tokens_bt, mask_bt, max_new_tokens)

@@ -212,6 +212,33 @@ def forward(config: ModelConfig, params: Params, tokens_bt, positions_bt=None, m
     return _logits(config, params, hidden_states(config, params, tokens_bt, positions_bt, mask_bt))
 
 
+def token_logprobs(
+    config: ModelConfig, params: Params, tokens_bt, positions_bt=None, mask_bt=None, *, chunk: int = 256
+):
+    """``logp_bt1[:, t] = log p(tokens[:, t+1] | tokens[:, :t+1])``, shape [B, T-1] (float32).
+
+    Memory-light for large vocabularies (Gemma: V = 262k): logits are formed ``chunk`` positions at a time
+    under ``jax.checkpoint``, so neither the forward nor the backward pass holds the full [B, T, V] logits.
+    """
+    h = hidden_states(config, params, tokens_bt, positions_bt, mask_bt)[:, :-1]
+    targets = tokens_bt[:, 1:]
+    b, t1, d = h.shape
+    c = max(1, min(chunk, t1))
+    pad = (-t1) % c
+    h_nbcd = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, c, d).swapaxes(0, 1)
+    tg_nbc = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, -1, c).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(args):
+        h_bcd, t_bc = args
+        logits = _logits(config, params, h_bcd)
+        picked = jnp.take_along_axis(logits, t_bc[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    out_nbc = jax.lax.map(one, (h_nbcd, tg_nbc))
+    return out_nbc.swapaxes(0, 1).reshape(b, -1)[:, :t1]
+
+
 def prefill(config: ModelConfig, params: Params, tokens_bt, mask_bt, max_new_tokens: int | None = None):
     """Runs a LEFT-padded prompt batch once. Returns ``(logits_bv, prefix_cache)``.
 
@@ -386,6 +413,9 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_bt, positions_bt=None, mask_bt=None):
         return forward(self.config, self.params(), tokens_bt, positions_bt, mask_bt)
+
+    def token_logprobs(self, tokens_bt, positions_bt=None, mask_bt=None, *, chunk: int = 256):
+        return token_logprobs(self.config, self.params(), tokens_bt, positions_bt, mask_bt, chunk=chunk)
 
     def prefill(self, tokens_bt, mask_bt, max_new_tokens: int | None = None):
         return prefill(self.config, self.params(), tokens_bt, mask_bt, max_new_tokens)
