@@ -11,6 +11,7 @@ Invalid configs fail before anything runs (status 2). Outputs: ``W/metrics.jsonl
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import sys
 import time
@@ -25,12 +26,13 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from infalign_jax.analytic.procedures import parse_procedure
+from infalign_jax.analytic.solver import best_exponential
 from infalign_jax.cli import UsageError, run_main
 from infalign_jax.ctrl import bandit
 from infalign_jax.ctrl.checkpoint import RunCheckpointer
 from infalign_jax.ctrl.objective import LossConfig
 from infalign_jax.ctrl.train_step import CtrlProblem, CtrlTrainer, StepConfig, make_optimizer
-from infalign_jax.ctrl.transforms import check_transform_for_procedure, parse_transform
+from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedure, parse_transform
 from infalign_jax.io_utils import atomic_write_json
 from infalign_jax.mesh import make_mesh
 from infalign_jax.metrics_log import MetricsWriter
@@ -47,15 +49,35 @@ class NonFiniteError(RuntimeError):
     """A step produced a NaN/Inf reward, loss or gradient; nothing of that step was saved."""
 
 
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint of the last completed step was saved before raising."""
+
+
+def auto_exponential(procedure: str, kl_budget: float) -> tuple[Transform, float]:
+    """(exp:t, β) of the best exponential transform for ``procedure`` at KL = ``kl_budget`` (analytic solver,
+    paper Sec. 3); t ≈ 0 (e.g. procedure 'identity') gives the identity transform."""
+    try:
+        point = best_exponential(procedure, float(kl_budget))
+    except ValueError as e:
+        raise UsageError(f"auto_t: {e}") from e
+    t = float(point.t)
+    transform = parse_transform("identity" if abs(t) < 1e-3 else f"exp:{t:.6g}")
+    return transform, float(point.beta)
+
+
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
     """Validates the config and builds the static step configuration (UsageError on any problem)."""
     parse_procedure(config.procedure)
-    transform = parse_transform(config.transform)
+    beta = float(config.beta)
+    if config.auto_t:
+        transform, beta = auto_exponential(config.procedure, config.kl_budget)
+    else:
+        transform = parse_transform(config.transform)
     check_transform_for_procedure(transform, config.procedure)
     cfg = StepConfig(
         transform=transform,
         loss=LossConfig(
-            beta=float(config.beta),
+            beta=beta,
             kl_mode=config.kl_mode,
             clip_eps=float(config.clip_eps) or None,
             loss_norm=config.loss_norm,
@@ -86,6 +108,17 @@ def _mesh(config):
         return make_mesh(data, fsdp, jax.devices()[:n])
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file (what ``--config PATH`` loads), for library use and tests."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def host_tree(tree):
@@ -148,8 +181,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
                 ckpt.save(state, meta)
             if stop["sigterm"]:
                 ckpt.wait()
-                print(f"SIGTERM: saved checkpoint at step {step}; exiting", file=sys.stderr)
-                return None
+                raise Preempted(f"SIGTERM: saved checkpoint at step {step}; exiting")
     finally:
         signal.signal(signal.SIGTERM, previous)
         writer.close()
@@ -178,17 +210,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except flags.Error as e:
         raise UsageError(str(e)) from e
     except (AttributeError, KeyError, TypeError) as e:  # e.g. --config.unknown_field=...
-        raise UsageError(f"bad config override: {e}") from e
+        raise UsageError(f"bad config override {e} (not a field of the config, or a wrong type)") from e
     if _CONFIG.value is None or not _WORKDIR.value:
         raise UsageError("--config and --workdir are required")
-    got_sigterm = []
-    signal.signal(signal.SIGTERM, lambda *_: got_sigterm.append(1))
     try:
         train(_CONFIG.value, _WORKDIR.value)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
-    return EXIT_PREEMPTED if got_sigterm else 0
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_PREEMPTED
+    return 0
 
 
 if __name__ == "__main__":

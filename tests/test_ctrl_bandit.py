@@ -1,14 +1,12 @@
 """The bandit validation: exact discrete evaluation by hand, and CTRL (the real train step) landing on the
 analytic prediction for identity, exp(t>0) and exp(t<0) at a matched KL budget."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 from infalign_jax.analytic.solver import exponential_at_kl
 from infalign_jax.ctrl import bandit
-from infalign_jax.train import train
+from infalign_jax.train import load_config_file, train
 
 KL_BUDGET = 0.3
 RUNS = {
@@ -19,12 +17,7 @@ RUNS = {
 
 
 def load_bandit_config(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        "ctrl_bandit_config", repo_root / "configs" / "ctrl_bandit.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return load_config_file(repo_root / "configs" / "ctrl_bandit.py")
 
 
 def test_exact_calibrated_reward_with_ties():

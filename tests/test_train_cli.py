@@ -1,0 +1,159 @@
+"""The trainer CLI: config validation (exit 2), auto t, NaN stop without checkpoint, SIGKILL resume equality,
+SIGTERM save."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from infalign_jax.cli import UsageError
+from infalign_jax.ctrl.checkpoint import RunCheckpointer
+from infalign_jax.train import NonFiniteError, load_config_file, step_config, train
+
+TINY = {
+    "num_steps": 400,
+    "prompts_per_step": 8,
+    "num_samples": 8,
+    "num_ref": 8,
+    "checkpoint_every": 20,
+    "bandit.num_contexts": 8,
+    "bandit.num_responses": 32,
+    "progress": False,
+    "optim.lr": 0.05,
+}
+
+
+def tiny_config(repo_root, **extra):
+    cfg = load_config_file(repo_root / "configs" / "ctrl_bandit.py")
+    for key, value in {**TINY, **extra}.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def cli(repo_root, workdir, **extra):
+    args = [f"--config.{k}={v}" for k, v in {**TINY, **extra}.items()]
+    return [
+        sys.executable,
+        "-m",
+        "infalign_jax.train",
+        "--config",
+        str(repo_root / "configs" / "ctrl_bandit.py"),
+        "--workdir",
+        str(workdir),
+        *args,
+    ]
+
+
+def final_logits(workdir, step):
+    return np.asarray(RunCheckpointer(workdir, 0).restore_raw(step)["params"]["logits"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"beta": 0.0}, "beta must be > 0"),
+        ({"beta": -1.0}, "beta must be > 0"),
+        ({"num_samples": 1}, "num_samples"),
+        ({"num_ref": 0}, "num_ref"),
+        ({"transform": "expo:3"}, "unknown transform"),
+        ({"transform": "exp:-3", "procedure": "bon:4"}, "best-of-N"),
+        ({"transform": "exp:3", "procedure": "won:4"}, "worst-of-N"),
+        ({"procedure": "bon:x"}, ""),
+        ({"problem": "chess"}, "unknown problem"),
+    ],
+)
+def test_invalid_configs_fail_at_start(repo_root, override, message):
+    with pytest.raises(UsageError, match=message):
+        step_config(tiny_config(repo_root, **override))
+
+
+def test_cli_invalid_config_exits_2_and_writes_nothing(repo_root, tmp_path):
+    res = subprocess.run(
+        cli(repo_root, tmp_path / "w", beta=0.0), capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 2 and "error: beta must be > 0" in res.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_auto_t_picks_solver_exponential(repo_root):
+    cfg = step_config(
+        tiny_config(repo_root, auto_t=True, procedure="won:4", kl_budget=0.3, transform="identity")
+    )
+    assert cfg.transform.kind == "exp" and cfg.transform.t < -1.0 and cfg.loss.beta > 0
+
+
+def test_nan_reward_stops_without_checkpoint(repo_root, tmp_path):
+    train(tiny_config(repo_root, num_steps=10, checkpoint_every=5), tmp_path)
+    assert RunCheckpointer(tmp_path, 0).latest_step() == 10
+    with pytest.raises(NonFiniteError, match="non-finite reward.*step 11.*last checkpoint: step 10"):
+        train(
+            tiny_config(repo_root, num_steps=20, checkpoint_every=1, **{"bandit.nan_response": 0}), tmp_path
+        )
+    assert RunCheckpointer(tmp_path, 0).latest_step() == 10
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 10
+
+
+def _wait_for(predicate, proc, timeout=120):
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+
+
+def _ckpt_steps(workdir):
+    d = workdir / "checkpoints"
+    return [int(p.name) for p in d.iterdir() if p.name.isdigit()] if d.exists() else []
+
+
+def test_sigkill_resume_matches_uninterrupted_run(repo_root, tmp_path):
+    n = TINY["num_steps"]
+    train(tiny_config(repo_root), tmp_path / "ref")
+    expected = final_logits(tmp_path / "ref", n)
+    work = tmp_path / "killed"
+    proc = subprocess.Popen(cli(repo_root, work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: any(s >= 40 for s in _ckpt_steps(work)), proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL and max(_ckpt_steps(work)) < n  # really killed mid-way
+    res = subprocess.run(cli(repo_root, work), capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    np.testing.assert_allclose(final_logits(work, n), expected, atol=1e-6, rtol=0)
+    assert json.loads((work / "final_eval.json").read_text())["steps"] == n
+
+
+def test_sigterm_saves_before_exit(repo_root, tmp_path):
+    work = tmp_path / "term"
+    proc = subprocess.Popen(
+        cli(repo_root, work, checkpoint_every=1000),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    metrics = work / "metrics.jsonl"
+    try:
+        _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 5, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    last = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert _ckpt_steps(work) == [last] and 5 <= last < TINY["num_steps"]
+    assert "SIGTERM: saved checkpoint" in err
