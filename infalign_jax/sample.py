@@ -23,7 +23,7 @@ import numpy as np
 from infalign_jax.cli import UsageError, run_main
 from infalign_jax.sampling import Sampler, SamplingConfig
 
-GEMMA_SHORTCUT = "gemma3-270m"
+GEMMA_SHORTCUT = "gemma3-270m"  # = infalign_jax.models.GEMMA3_270M
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m infalign_jax.sample", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help=f"local HF model directory, or {GEMMA_SHORTCUT!r}")
+    p.add_argument("--model", required=True, help=f"HF directory, .gguf file or {GEMMA_SHORTCUT!r}")
     p.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -47,16 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model_and_tokenizer(spec: str):
-    """``(model, tokenizer)`` for a local HF directory or the ``gemma3-270m`` shortcut."""
+    """``(model, tokenizer)`` for a local HF directory, a ``.gguf`` file or the ``gemma3-270m`` shortcut."""
     from infalign_jax import models
 
-    if spec == GEMMA_SHORTCUT:
-        return models.gemma3_270m()
-    if not Path(spec, "config.json").is_file():
-        raise UsageError(f"--model {spec!r} is neither {GEMMA_SHORTCUT!r} nor a directory with config.json")
-    model, tokenizer = models.from_pretrained(spec)
+    is_file_model = spec.endswith(".gguf") and Path(spec).is_file()
+    if spec != GEMMA_SHORTCUT and not is_file_model and not Path(spec, "config.json").is_file():
+        raise UsageError(
+            f"--model {spec!r} is not {GEMMA_SHORTCUT!r}, a .gguf file or a directory with config.json"
+        )
+    model, tokenizer = models.load(spec)
     if tokenizer is None:
-        raise UsageError(f"model directory {spec} has no tokenizer files")
+        raise UsageError(f"model {spec} has no tokenizer files")
     return model, tokenizer
 
 
