@@ -27,7 +27,7 @@ import numpy as np
 
 from infalign_jax.cli import UsageError
 
-BROADCAST_MAX_K = 32
+BROADCAST_MAX_K = 16
 METHODS = ("auto", "searchsorted", "broadcast")
 
 
