@@ -67,7 +67,7 @@ def final_logits(workdir, step):
         ({"transform": "expo:3"}, "unknown transform"),
         ({"transform": "exp:-3", "procedure": "bon:4"}, "best-of-N"),
         ({"transform": "exp:3", "procedure": "won:4"}, "worst-of-N"),
-        ({"procedure": "bon:x"}, ""),
+        ({"procedure": "bon:x"}, "procedure .bon:x."),
         ({"problem": "chess"}, "unknown problem"),
     ],
 )
