@@ -2,6 +2,7 @@
 # One-stop local entry point: creates/updates the virtual environment from the repo's own files, then
 #   launch/local.sh run    -> the main job on its small embedded default (CPU, minutes)
 #   launch/local.sh test   -> the test suite
+#   launch/local.sh setup  -> only create/update the environment
 # Extra arguments are passed through (to pytest for `test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 cmd=${1:-}
 shift || true
 case "$cmd" in
+  setup)
+    setup_env
+    ;;
   run)
     setup_env
     exec "$VENV/bin/python" -m infalign_jax.main "$@"
@@ -43,7 +47,7 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest -q tests "$@"
     ;;
   *)
-    echo "usage: launch/local.sh {run|test} [args...]" >&2
+    echo "usage: launch/local.sh {setup|run|test} [args...]" >&2
     exit 2
     ;;
 esac

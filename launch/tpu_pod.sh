@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Launch a CTRL training run on a Cloud TPU VM pod slice (every worker runs the same command; JAX's
+# multi-controller runtime forms one global mesh over all chips).
+#
+#   launch/tpu_pod.sh --tpu NAME --zone ZONE [--project PROJECT] \
+#       --config configs/ctrl_hh_harmless.py --workdir /mnt/shared/runs/hh1 [-- --config.beta=0.1 ...]
+#
+# What it does, on all workers (gcloud ... ssh --worker=all):
+#   1. copies this checkout to ~/infalign_jax (rsync-free: a tarball through `gcloud compute tpus tpu-vm scp`),
+#   2. `launch/local.sh setup` (the same pinned venv as on a laptop) plus the TPU build of jaxlib,
+#   3. runs `python -m infalign_jax.train` with INFALIGN_DISTRIBUTED=1, which calls
+#      jax.distributed.initialize() (TPU pods auto-detect the coordinator) before touching devices.
+# The workdir must be a filesystem path every worker sees (e.g. a gcsfuse or Filestore mount): Orbax writes
+# one checkpoint per step collectively, and reruns with the same workdir resume. SIGTERM on preemption
+# saves a checkpoint before exit. Models and data must already be on that path (nothing is downloaded).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TPU= ZONE= PROJECT= CONFIG= WORKDIR= EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tpu) TPU=$2; shift 2 ;;
+    --zone) ZONE=$2; shift 2 ;;
+    --project) PROJECT=$2; shift 2 ;;
+    --config) CONFIG=$2; shift 2 ;;
+    --workdir) WORKDIR=$2; shift 2 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "error: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+for v in TPU ZONE CONFIG WORKDIR; do
+  [ -n "${!v}" ] || { echo "error: --$(echo "$v" | tr 'A-Z' 'a-z') is required" >&2; exit 2; }
+done
+[ -f "$CONFIG" ] || { echo "error: config file $CONFIG does not exist" >&2; exit 2; }
+command -v gcloud >/dev/null || { echo "error: gcloud is not installed" >&2; exit 2; }
+
+GC=(gcloud compute tpus tpu-vm --zone "$ZONE" ${PROJECT:+--project "$PROJECT"})
+TARBALL=$(mktemp -t infalign_jax.XXXXXX.tar.gz)
+trap 'rm -f "$TARBALL"' EXIT
+git ls-files -z | tar --null -czf "$TARBALL" -T -
+
+"${GC[@]}" scp "$TARBALL" "$TPU:~/infalign_jax.tar.gz" --worker=all
+EXTRA_Q=$(printf ' %q' "${EXTRA[@]+"${EXTRA[@]}"}")
+"${GC[@]}" ssh "$TPU" --worker=all --command "
+  set -e
+  mkdir -p ~/infalign_jax && tar -xzf ~/infalign_jax.tar.gz -C ~/infalign_jax && cd ~/infalign_jax
+  bash launch/local.sh setup
+  .venv/bin/pip install -q 'jax[tpu]==0.10.2'
+  INFALIGN_DISTRIBUTED=1 .venv/bin/python -m infalign_jax.train --config $(printf %q "$CONFIG") \
+      --workdir $(printf %q "$WORKDIR")$EXTRA_Q
+"
