@@ -32,7 +32,7 @@ def tiny(prepared, **kw):
     c.model.update(
         hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16
     )
-    c.update(max_len=32, max_prompt_len=16, buckets=(16, 32), batch_size=8, num_steps=6, learning_rate=1e-2)
+    c.update(max_len=32, max_prompt_len=16, buckets=(32,), batch_size=8, num_steps=6, learning_rate=1e-2)
     c.update(warmup_steps=0, end_lr_fraction=1.0, log_every=1, eval_every=100, checkpoint_every=3)
     c.update(num_samples=0, seed=3)
     c.update(**kw)
