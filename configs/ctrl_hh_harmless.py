@@ -1,0 +1,76 @@
+"""CTRL smoke run on HH-RLHF harmless prompts with the real components (docs/ctrl_hh.md).
+
+Prerequisites (each a few minutes on CPU; the defaults below point at their outputs):
+
+    python -m infalign_jax.sft --config configs/sft_hh_tiny.py            # π_ref: runs/sft_hh_tiny/export
+    python -m infalign_jax.train_rm --config configs/rm_hh_harmless.py    # reward: runs/rm_hh_harmless
+    python -m infalign_jax.calibrate --config configs/ctrl_hh_harmless.py # offline table, K = num_ref
+
+then
+
+    python -m infalign_jax.train --config configs/ctrl_hh_harmless.py --workdir runs/ctrl_hh_harmless
+
+Transform exp:8 targets best-of-4 decoding (paper Sec. 3: exponential Φ with t > 0 for BoN; β = 0.397 puts the
+analytic optimum at KL 0.3, see configs/ctrl_bandit.py); ``auto_t=True`` picks (t, β) from the solver instead.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.problem = "hh"
+    c.seed = 0
+
+    # CTRL objective (paper Sec. 4, Alg. 1).
+    c.transform = "exp:8"  # identity | log | exp:T | table:PATH | lsc | raw
+    c.procedure = "bon:4"  # target inference-time procedure (sign check of exp:T; auto_t)
+    c.auto_t = False
+    c.kl_budget = 0.3
+    c.beta = 0.397
+    c.num_samples = 4  # S policy samples per prompt
+    c.num_ref = 64  # K reference samples per prompt (the offline table's width)
+    c.reference = "offline"  # offline: the calibration table; online: K samples of π_ref in every step
+    c.calibration_method = "auto"
+    c.kl_mode = "k1"
+    c.clip_eps = 0.0
+    c.ppo_epochs = 1
+    c.loss_norm = "sequence"
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4
+    c.optim.schedule = "constant"
+    c.optim.warmup_steps = 0
+    c.optim.end_factor = 1.0
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.max_grad_norm = 1.0
+
+    c.num_steps = 4
+    c.prompts_per_step = 8
+
+    # The real components.
+    c.hh = ml_collections.ConfigDict()
+    c.hh.policy_path = "runs/sft_hh_tiny/export"  # HF export of the SFT run (π_ref and the initial policy)
+    c.hh.rm_workdir = "runs/rm_hh_harmless"  # train_rm workdir (rm_spec.json + checkpoint/)
+    c.hh.table_dir = (
+        "runs/ctrl_hh_harmless_table"  # offline calibration table (python -m infalign_jax.calibrate)
+    )
+    c.hh.data_dir = "runs/data"  # HH TFDS dataset (built from manual_dir if missing)
+    c.hh.manual_dir = ""  # "" = the shared HH-RLHF copy
+    c.hh.split = "train"
+    c.hh.num_prompts = 32  # the first N prompts of the split
+    c.hh.max_prompt_len = 64  # policy prompt tokens incl. <bos> (left-truncated), as in SFT
+    c.hh.max_new_tokens = 32  # L, response length budget
+    c.hh.calibration_batch_prompts = 4  # prompts per jitted sample+score call when building the table
+    c.hh.eval_samples = 4  # final_eval.json: samples per prompt of the trained policy (0: no final eval)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = 1
+    c.step_mode = "phased"  # per-phase timings (sampling / scoring / calibration / update) every step
+    c.checkpoint_every = 2
+    c.max_to_keep = 2
+    c.progress = True
+    return c

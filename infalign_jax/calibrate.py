@@ -1,0 +1,124 @@
+"""Offline calibration table builder (paper Sec. 4, Alg. 1 step 1) for ``reference="offline"`` CTRL.
+
+    python -m infalign_jax.calibrate --config configs/ctrl_hh_harmless.py [--workdir TABLE] [--config.x=..]
+
+For each prompt of the config's prompt set, draws K = ``config.num_ref`` responses from π_ref (the SFT policy)
+with the KV-cache sampler, scores them with the reward model — the same jitted sample-and-score functions the
+train step uses (:func:`infalign_jax.ctrl.lm.reference_rewards`) — and stores the SORTED rewards [P, K]
+keyed by prompt id in the table format of :mod:`infalign_jax.ctrl.table` (default location
+``config.hh.table_dir``; ``--workdir`` overrides it: then pass ``--config.hh.table_dir=TABLE`` to train).
+
+Resumable: prompts are processed in fixed chunks of ``hh.calibration_batch_prompts`` (chunk c uses the key
+``fold_in(key(seed), c)``) and each chunk is flushed to disk when done, so a rerun skips finished chunks and
+ends with the same table as an uninterrupted run. A table built for other settings (policy, reward model,
+lengths, seed, K, chunking) is refused. A non-finite reward stops the build with a clear error (exit 2); the
+chunk holding it is not stored.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from infalign_jax.cli import UsageError, run_main
+from infalign_jax.ctrl.hh import load_components, table_meta
+from infalign_jax.ctrl.lm import reference_rewards
+from infalign_jax.ctrl.table import CalibrationTableWriter
+
+
+def build_table(config, table_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Builds (or completes) the calibration table; returns a summary dict."""
+    t0 = time.perf_counter()
+    table_dir = Path(table_dir or config.hh.table_dir)
+    k, chunk = int(config.num_ref), int(config.hh.calibration_batch_prompts)
+    if chunk < 1:
+        raise UsageError(f"hh.calibration_batch_prompts must be >= 1, got {chunk}")
+    meta = {**table_meta(config), "batch_prompts": chunk}
+    writer = CalibrationTableWriter(table_dir, k, meta=meta)
+    stale = {key: (writer.meta.get(key), v) for key, v in meta.items() if writer.meta.get(key) != v}
+    if stale:
+        name, (have, need) = next(iter(stale.items()))
+        raise UsageError(
+            f"{table_dir} was built with {name}={have!r} but the config has {need!r}; use another --workdir"
+        )
+    done = writer.done_ids()
+    parts = load_components(config)
+    ids = parts.prompts.ids
+    n = len(ids)
+    fn = jax.jit(functools.partial(reference_rewards, parts.policy, parts.scorer), static_argnames="k")
+    key = jax.random.key_data(jax.random.key(config.seed))
+    todo = [
+        c for c in range(-(-n // chunk)) if not done.issuperset(ids[c * chunk : (c + 1) * chunk].tolist())
+    ]
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo) * chunk * k, desc="calibrate", unit="sample", dynamic_ncols=True)
+    try:
+        for c in todo:
+            idx = np.arange(c * chunk, min((c + 1) * chunk, n))
+            if done.intersection(ids[idx].tolist()):
+                raise UsageError(
+                    f"{table_dir}: chunk {c} is partly stored (table edited by hand?); rebuild it"
+                )
+            rows = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])  # fixed shape: one compilation
+            r_pk = np.asarray(
+                fn(parts.params, parts.env, parts.prompts.rows(rows), jax.random.fold_in(key, c), k=k)
+            )
+            writer.add(ids[idx], r_pk[: idx.size])  # UsageError on NaN/Inf: nothing of this chunk stored
+            writer.flush()
+            if bar is not None:
+                bar.update(chunk * k)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {
+        "table": str(table_dir),
+        "prompts": n,
+        "k": k,
+        "new_prompts": int(sum(min((c + 1) * chunk, n) - c * chunk for c in todo)),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["python -m infalign_jax.calibrate", *(sys.argv[1:] if argv is None else argv)]
+    fv = flags.FlagValues()
+    # sys_argv: the --config.x=... overrides are read from these arguments (not from sys.argv).
+    config_flags.DEFINE_config_file(
+        "config", None, "CTRL config file (configs/ctrl_hh_harmless.py)", flag_values=fv, sys_argv=argv
+    )
+    flags.DEFINE_string(
+        "workdir", None, "table directory (default: the config's hh.table_dir)", flag_values=fv
+    )
+    try:
+        fv(argv)
+        config = fv.config
+        if config is None:
+            raise UsageError("--config is required (e.g. --config configs/ctrl_hh_harmless.py)")
+        if config.get("problem") != "hh" or "hh" not in config:
+            raise UsageError(
+                f"calibrate builds tables for problem 'hh', the config has {config.get('problem')!r}"
+            )
+    except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError("bad arguments or config: " + " ".join(str(e).split())) from e
+    summary = build_table(config, fv.workdir, progress=bool(config.progress))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,191 @@
+"""CTRL on HH-RLHF harmless prompts with the real components (paper Sec. 5 setup, smoke scale).
+
+``config.problem = "hh"`` (``configs/ctrl_hh_harmless.py``): the policy and π_ref are the SFT export
+(``python -m infalign_jax.sft``), the reward is the MiniLM reward model (``python -m infalign_jax.train_rm``),
+prompts are the first ``hh.num_prompts`` prompts of an HH split, and the calibration reference is the offline
+table built by ``python -m infalign_jax.calibrate`` (``reference="offline"``) or K samples of π_ref drawn in
+the step (``reference="online"``).
+
+:func:`load_components` is shared by the trainer (:func:`build_problem`) and the table builder
+(:mod:`infalign_jax.calibrate`), so both see the same prompts, tokenization and reward computation;
+:func:`table_meta` records those settings in the table, and a table built for other settings is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from infalign_jax.cli import UsageError
+from infalign_jax.ctrl.calibration import calibrate
+from infalign_jax.ctrl.lm import EncodedPrompts, LMPolicy, PromptBatches, RewardScorer, encode_prompts
+from infalign_jax.ctrl.train_step import CtrlProblem
+
+SFT_COMMAND = "python -m infalign_jax.sft --config configs/sft_hh_tiny.py"
+RM_COMMAND = "python -m infalign_jax.train_rm --config configs/rm_hh_harmless.py"
+CALIBRATE_COMMAND = "python -m infalign_jax.calibrate --config configs/ctrl_hh_harmless.py"
+
+
+@dataclass(frozen=True, eq=False)
+class HHComponents:
+    """The loaded real parts: policy (+ its initial params, host numpy), scorer (+ env), encoded prompts."""
+
+    policy: LMPolicy
+    params: Any
+    scorer: RewardScorer
+    env: Any
+    prompts: EncodedPrompts
+    tokenizer: Any
+
+
+def load_components(config) -> HHComponents:
+    """Loads the SFT policy, the reward model and the prompt set named by ``config.hh`` (clear errors if the
+    SFT export or the reward model do not exist yet, naming the command that makes them)."""
+    from infalign_jax.data.hh import build_or_load
+    from infalign_jax.data.loader import prompt_encoder
+    from infalign_jax.models import from_pretrained
+    from infalign_jax.reward import load_reward_model
+
+    h = config.hh
+    policy_dir = Path(h.policy_path)
+    if not (policy_dir / "config.json").exists():
+        raise UsageError(
+            f"no SFT policy export at {policy_dir} (config.json missing); run `{SFT_COMMAND}` first"
+        )
+    rm_dir = Path(h.rm_workdir)
+    if not (rm_dir / "rm_spec.json").exists():
+        raise UsageError(f"no reward model at {rm_dir} (rm_spec.json missing); run `{RM_COMMAND}` first")
+    if h.num_prompts < 1 or h.max_prompt_len < 2 or h.max_new_tokens < 1:
+        raise UsageError(
+            "hh.num_prompts >= 1, hh.max_prompt_len >= 2 and hh.max_new_tokens >= 1 are required"
+        )
+    model, tokenizer = from_pretrained(policy_dir)
+    if tokenizer is None:
+        raise UsageError(f"{policy_dir} has no tokenizer files")
+    eos = model.config.eos_token_ids or (
+        (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
+    )
+    if not eos:
+        raise UsageError(f"{policy_dir}: the policy defines no EOS token")
+    if h.max_prompt_len + h.max_new_tokens > model.config.max_position_embeddings:
+        raise UsageError(
+            f"hh.max_prompt_len + hh.max_new_tokens = {h.max_prompt_len + h.max_new_tokens} exceeds the "
+            f"policy's max_position_embeddings {model.config.max_position_embeddings}"
+        )
+    pad_id = model.config.pad_token_id or 0
+    bos_id = model.config.bos_token_id if model.config.bos_token_id is not None else tokenizer.bos_token_id
+    policy = LMPolicy(model.config, int(h.max_new_tokens), tuple(int(e) for e in eos), int(pad_id))
+    scorer = RewardScorer(load_reward_model(rm_dir, config.seed), tokenizer)
+
+    source = build_or_load(h.split, h.data_dir, h.manual_dir or None)
+    if len(source) < h.num_prompts:
+        raise UsageError(f"HH split {h.split!r} has {len(source)} records; hh.num_prompts={h.num_prompts}")
+    records = [source[i] for i in range(h.num_prompts)]
+    encode = prompt_encoder(tokenizer, h.max_prompt_len, bos_id=int(bos_id))
+    prompts = encode_prompts(
+        [r["id"] for r in records],
+        [encode(r)["prompt_tokens"].tolist() for r in records],
+        [r["prompt"] for r in records],
+        scorer,
+        h.max_prompt_len,
+        int(pad_id),
+    )
+    params = jax.tree.map(np.asarray, jax.device_get(model.params()))
+    return HHComponents(policy, params, scorer, scorer.env(), prompts, tokenizer)
+
+
+def table_meta(config) -> dict:
+    """What a calibration table depends on (stored in its meta.json, checked when training)."""
+    h = config.hh
+    return {
+        "policy_path": str(Path(h.policy_path).resolve()),
+        "rm_workdir": str(Path(h.rm_workdir).resolve()),
+        "split": h.split,
+        "max_prompt_len": int(h.max_prompt_len),
+        "max_new_tokens": int(h.max_new_tokens),
+        "seed": int(config.seed),
+    }
+
+
+def open_table(config, prompt_ids):
+    """The offline table of ``config.hh.table_dir``, checked against the config and the prompt set."""
+    from infalign_jax.ctrl.table import load_table
+
+    path = Path(config.hh.table_dir)
+    if not (path / "meta.json").exists():
+        raise UsageError(f"no calibration table at {path}; run `{CALIBRATE_COMMAND}` first")
+    table = load_table(path)
+    if table.k != config.num_ref:
+        raise UsageError(
+            f"calibration table {path} holds K={table.k} rewards per prompt, config num_ref={config.num_ref}"
+        )
+    want = table_meta(config)
+    stale = {k: (table.meta.get(k), v) for k, v in want.items() if k != "seed" and table.meta.get(k) != v}
+    if stale:
+        name, (have, need) = next(iter(stale.items()))
+        raise UsageError(
+            f"calibration table {path} was built for {name}={have!r}, config has {need!r}; rebuild it"
+        )
+    missing = sorted(set(np.asarray(prompt_ids).tolist()) - set(table.prompt_ids.tolist()))
+    if missing:
+        raise UsageError(
+            f"calibration table {path} lacks {len(missing)} of the prompts (e.g. id {missing[0]}); "
+            f"run `{CALIBRATE_COMMAND}` to complete it"
+        )
+    return table
+
+
+def build_problem(config, step_cfg) -> CtrlProblem:
+    """The CLI's HH task: LM policy initialized at π_ref = the SFT export, MiniLM reward, offline table."""
+    parts = load_components(config)
+    table = open_table(config, parts.prompts.ids) if step_cfg.reference == "offline" else None
+    if config.prompts_per_step > len(parts.prompts):
+        raise UsageError(f"prompts_per_step={config.prompts_per_step} > hh.num_prompts={len(parts.prompts)}")
+    final_eval = None
+    if config.hh.eval_samples > 0 and table is not None:
+        final_eval = lambda params: evaluate(parts, table, params, config.hh.eval_samples, config.seed)
+    return CtrlProblem(
+        policy=parts.policy,
+        scorer=parts.scorer,
+        params=parts.params,
+        ref_params=parts.params,
+        env=parts.env,
+        batch=PromptBatches(parts.prompts, int(config.prompts_per_step), table),
+        final_eval=final_eval,
+    )
+
+
+def evaluate(parts: HHComponents, table, params, num_samples: int, seed: int, chunk: int = 8) -> dict:
+    """Fresh samples of the trained policy on the whole prompt set, calibrated against the table.
+
+    ``u_mean`` estimates the win rate P[r(y) > r(z)] + ½P[=] of a policy sample y over a π_ref sample z
+    (0.5 for π = π_ref; paper Sec. 4 calibrated reward)."""
+
+    @jax.jit
+    def rewards(params, env, batch, rng):
+        return parts.scorer(env, batch, parts.policy.sample(params, batch, rng, num_samples))
+
+    key = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2**31 - 1))
+    n = len(parts.prompts)
+    r, u = [], []
+    for start in range(0, n, chunk):
+        idx = np.arange(start, min(start + chunk, n))
+        batch = parts.prompts.rows(idx)
+        r_ps = np.asarray(rewards(params, parts.env, batch, jax.random.fold_in(key, start)))
+        ref = table.lookup(parts.prompts.ids[idx])
+        r.append(r_ps)
+        u.append(np.asarray(calibrate(r_ps, ref)))
+    r, u = np.concatenate(r), np.concatenate(u)
+    return {
+        "eval": {
+            "prompts": n,
+            "samples_per_prompt": num_samples,
+            "u_mean": float(u.mean()),
+            "reward_mean": float(r.mean()),
+            "ref_reward_mean": float(table.lookup(parts.prompts.ids).mean()),
+        }
+    }

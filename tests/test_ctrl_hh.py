@@ -1,0 +1,232 @@
+"""CTRL with the real LM components at toy scale: the LM policy adapter (logprobs == sampler logprobs), the
+calibrate CLI (table contents, resume == uninterrupted, NaN rewards -> exit 2 with nothing stored, stale
+tables refused) and 2 train steps end to end on HH prompts (finite metrics, step-time breakdown, params move).
+
+Policy: the tiny random Llama fixture (its byte-level BPE tokenizer); reward model: a decoder reward net on
+the same fixture with a random linear head (saved/loaded through the reward package); HH: the shared
+harmless-base data built into tmp.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infalign_jax.cli import UsageError, run_main
+from infalign_jax.ctrl import hh
+from infalign_jax.ctrl.table import load_table
+from infalign_jax.reward import RewardSpec, build_reward_model, save_reward_model
+from infalign_jax.train import load_config_file
+
+SMALL = {
+    "num_steps": 2,
+    "prompts_per_step": 2,
+    "num_samples": 2,
+    "num_ref": 4,
+    "progress": False,
+    "checkpoint_every": 1,
+    "optim.lr": 1e-2,
+    "hh.num_prompts": 6,
+    "hh.max_prompt_len": 24,
+    "hh.max_new_tokens": 6,
+    "hh.calibration_batch_prompts": 4,
+    "hh.eval_samples": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def parts(hh_dir, repo_root, tmp_path_factory):
+    """HH dataset, the fixture policy and a random-head decoder reward model, built once in tmp."""
+    from infalign_jax.data.hh import build_hh
+
+    root = tmp_path_factory.mktemp("ctrl_hh")
+    build_hh(hh_dir, root / "data")
+    policy = repo_root / "tests" / "fixtures" / "models" / "llama"
+    spec = RewardSpec(
+        backbone="decoder",
+        decoder_path=str(policy),
+        max_prompt_tokens=16,
+        max_response_tokens=16,
+        length_buckets=(16,),
+        batch_buckets=(8,),
+    )
+    rm = build_reward_model(spec, seed=0)
+    net = rm.net
+    net.head.out.kernel[...] = jax.random.normal(jax.random.key(1), net.head.out.kernel[...].shape)
+    rm.set_net(net)
+    save_reward_model(rm, root / "rm")
+    return {"root": root, "policy": policy, "rm": root / "rm", "data": root / "data"}
+
+
+def overrides(parts, table_dir, **extra):
+    return {
+        **SMALL,
+        "hh.policy_path": str(parts["policy"]),
+        "hh.rm_workdir": str(parts["rm"]),
+        "hh.data_dir": str(parts["data"]),
+        "hh.table_dir": str(table_dir),
+        **extra,
+    }
+
+
+def make_config(repo_root, values):
+    cfg = load_config_file(repo_root / "configs" / "ctrl_hh_harmless.py")
+    for key, value in values.items():
+        node = cfg
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def cli_args(repo_root, values):
+    return [f"--config={repo_root / 'configs' / 'ctrl_hh_harmless.py'}"] + [
+        f"--config.{k}={v}" for k, v in values.items()
+    ]
+
+
+def test_lm_policy_logprobs_match_sampler_and_scores_are_per_sample(parts, repo_root, tmp_path):
+    cfg = make_config(repo_root, overrides(parts, tmp_path / "t"))
+    c = hh.load_components(cfg)
+    batch = c.prompts.rows(np.arange(3))
+    assert batch["prompt_bt"].shape == (3, 24) and batch["rm_prompt_bp"].shape == (3, 16)
+    rng = jax.random.key_data(jax.random.key(0))
+    samples = jax.jit(lambda p, b, r: c.policy.sample(p, b, r, 5))(c.params, batch, rng)
+    assert samples["tokens"].shape == (3, 5, 6)
+    lp, mask = jax.jit(c.policy.logprobs)(c.params, batch, samples)
+    # The sampler's own per-token log-probabilities (KV-cache decode) vs the full-sequence recomputation.
+    from infalign_jax.ctrl.lm import _BoundLM, _typed_key
+    from infalign_jax.sampling import generate
+
+    key = _typed_key(rng)
+    out = generate(
+        _BoundLM(c.policy.config, c.params),
+        jnp.asarray(batch["prompt_bt"]),
+        jnp.asarray(batch["prompt_mask_bt"]),
+        jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(3)),
+        n=5,
+        max_new_tokens=6,
+        eos_ids=c.policy.eos_ids,
+    )
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(samples["tokens"]))
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(out.mask))
+    np.testing.assert_allclose(np.asarray(lp), np.asarray(out.logprobs), atol=2e-5)
+    assert np.all(np.asarray(lp)[np.asarray(mask)] < 0)
+
+    # Scores: the scorer (host re-tokenization + in-graph reward net) == the reward model on the texts.
+    r_ps = np.asarray(jax.jit(c.scorer)(c.env, batch, samples))
+    from infalign_jax.ctrl.lm import decode_responses
+
+    texts = decode_responses(
+        c.tokenizer, np.asarray(samples["tokens"]).reshape(15, 6), np.asarray(mask).reshape(15, 6)
+    )
+    from infalign_jax.data.hh import load_hh
+
+    src = load_hh("train", parts["data"])
+    prompts = [src[i]["prompt"] for i in range(3) for _ in range(5)]
+    want = c.scorer.rm.score_texts(prompts, texts).reshape(3, 5)
+    np.testing.assert_allclose(r_ps, want, rtol=1e-4, atol=1e-4)
+    assert np.std(r_ps) > 0
+
+
+def test_calibrate_cli_builds_resumes_and_refuses_bad_tables(parts, repo_root, tmp_path):
+    from infalign_jax.calibrate import build_table, main
+
+    full = tmp_path / "full"
+    values = overrides(parts, full)
+    run_main_code = lambda args: _exit_code(main, args)
+    assert run_main_code(cli_args(repo_root, values)) == 0
+    table = load_table(full)
+    assert table.k == 4 and len(table.prompt_ids) == 6 and table.meta["batch_prompts"] == 4
+    assert np.all(np.diff(table.rewards_nk, axis=1) >= 0) and np.isfinite(table.rewards_nk).all()
+    assert np.std(table.rewards_nk) > 0
+
+    # Interrupted after the first chunk (4 prompts), then resumed: same table as the uninterrupted build.
+    part = tmp_path / "part"
+    cfg = make_config(repo_root, overrides(parts, part, **{"hh.num_prompts": 4}))
+    first = build_table(cfg, progress=False)
+    assert first["new_prompts"] == 4
+    cfg = make_config(repo_root, overrides(parts, part))
+    second = build_table(cfg, progress=False)
+    assert second["new_prompts"] == 2 and build_table(cfg, progress=False)["new_prompts"] == 0
+    resumed = load_table(part)
+    np.testing.assert_array_equal(resumed.prompt_ids, table.prompt_ids)
+    np.testing.assert_array_equal(resumed.rewards_nk, table.rewards_nk)
+
+    # Settings that change the rewards are refused on a table built for others.
+    assert run_main_code(cli_args(repo_root, {**values, "seed": 1})) == 2
+    assert run_main_code(cli_args(repo_root, {**values, "num_ref": 8})) == 2
+
+
+def test_calibrate_nan_rewards_exit_2_and_store_nothing(parts, repo_root, tmp_path, capsys):
+    from infalign_jax.calibrate import main
+    from infalign_jax.reward import load_reward_model
+
+    rm = load_reward_model(parts["rm"])
+    net = rm.net
+    net.head.out.kernel[...] = jnp.full_like(net.head.out.kernel[...], jnp.nan)
+    rm.set_net(net)
+    save_reward_model(rm, tmp_path / "nan_rm")
+    table_dir = tmp_path / "table"
+    values = overrides(parts, table_dir, **{"hh.rm_workdir": str(tmp_path / "nan_rm")})
+    assert _exit_code(main, cli_args(repo_root, values)) == 2
+    assert "non-finite reference reward" in capsys.readouterr().err
+    assert load_table(table_dir).prompt_ids.size == 0
+
+
+def test_missing_artifacts_name_the_command(parts, repo_root, tmp_path):
+    cfg = make_config(repo_root, overrides(parts, tmp_path / "t", **{"hh.policy_path": str(tmp_path / "no")}))
+    with pytest.raises(UsageError, match="infalign_jax.sft"):
+        hh.load_components(cfg)
+    cfg = make_config(repo_root, overrides(parts, tmp_path / "t", **{"hh.rm_workdir": str(tmp_path / "no")}))
+    with pytest.raises(UsageError, match="infalign_jax.train_rm"):
+        hh.load_components(cfg)
+    cfg = make_config(repo_root, overrides(parts, tmp_path / "absent"))
+    with pytest.raises(UsageError, match="infalign_jax.calibrate"):
+        hh.open_table(cfg, [0, 1])
+
+
+def test_two_ctrl_steps_end_to_end(parts, repo_root, tmp_path, monkeypatch):
+    table_dir = tmp_path / "table"
+    values = overrides(parts, table_dir)
+    from infalign_jax.calibrate import main as calibrate_main
+
+    assert _exit_code(calibrate_main, cli_args(repo_root, values)) == 0
+    wd = tmp_path / "run"
+    from infalign_jax import train
+
+    monkeypatch.setitem(train.PROBLEMS, "hh", hh.build_problem)
+    train.train(make_config(repo_root, values), wd)
+    rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        for k in ("time/sampling", "time/scoring", "time/calibration", "time/update", "time/step"):
+            assert r[k] > 0, k
+        assert all(np.isfinite(v) for v in r.values() if isinstance(v, float)), r
+        assert 0.0 <= r["u/mean"] <= 1.0 and r["finite"] == 1.0 and r["grad_norm"] > 0
+    final = json.loads((wd / "final_eval.json").read_text())
+    assert final["steps"] == 2 and 0.0 <= final["eval"]["u_mean"] <= 1.0
+
+    from infalign_jax.ctrl.checkpoint import RunCheckpointer
+
+    trained = RunCheckpointer(wd, 0).restore_raw(2)["params"]
+    initial = load_components_params(repo_root, values)
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), trained, initial)
+    assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def load_components_params(repo_root, values):
+    from infalign_jax.models import from_pretrained
+
+    model, _ = from_pretrained(values["hh.policy_path"])
+    return jax.tree.map(np.asarray, model.params())
+
+
+def _exit_code(main, args) -> int:
+    with pytest.raises(SystemExit) as e:
+        run_main(main, args)
+    return e.value.code or 0
