@@ -174,3 +174,19 @@ def test_decoder_backbone_tiny_random(tmp_path):
     grads = nnx.grad(lambda m: m(*batch).sum())(net)
     assert float(jnp.abs(grads["decoder"]["embed"][...]).max()) == 0.0
     assert float(jnp.abs(grads["head"]["hidden"]["kernel"][...]).max()) > 0.0
+
+
+def test_trained_filter_selects_top_layers_and_head(rm):
+    from infalign_jax.reward.model import saved_filter, trained_filter
+
+    def selected(spec):
+        flat = nnx.to_flat_state(nnx.state(rm.net, trained_filter(spec)))
+        return {(p[0], p[2]) if p[0] == "encoder" and p[1] == "layers" else p[:2] for p, _ in flat}
+
+    assert selected(RewardSpec(train_layers=0)) == {("head", "out")}
+    top2 = selected(RewardSpec(train_layers=2))
+    assert top2 == {("head", "out"), ("encoder", 4), ("encoder", 5)}
+    everything = selected(RewardSpec(train_layers=-1))
+    assert ("encoder", "word_emb") in everything and ("encoder", 0) in everything
+    saved = {p[:2] for p, _ in nnx.to_flat_state(nnx.state(rm.net, saved_filter(RewardSpec())))}
+    assert saved == {("head", "out"), ("head", "mean"), ("head", "std")}

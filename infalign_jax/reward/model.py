@@ -381,7 +381,7 @@ class RewardModel:
 
             def fn(*a):
                 out = self.features(*a)
-                bar.update(a[0].shape[0])
+                bar.update(min(a[0].shape[0], bar.total - bar.n))  # padded rows are not counted
                 return out
 
         try:
@@ -391,8 +391,11 @@ class RewardModel:
                 bar.close()
 
     def fingerprint(self) -> str:
-        """Hash of the spec + backbone weights + tokenizer: the key of cached backbone features."""
-        h = hashlib.sha256(json.dumps(self.spec.to_json(), sort_keys=True).encode())
+        """Hash of the feature-relevant spec fields + backbone files (weights, config, tokenizer): the key of
+        cached backbone features (the head and training settings do not change the features)."""
+        s = self.spec
+        keys = (s.backbone, s.decoder_path, list(s.features), s.max_prompt_tokens, s.max_response_tokens)
+        h = hashlib.sha256(json.dumps(keys).encode())
         folder = minilm_dir() if self.spec.backbone == "minilm" else Path(self.spec.decoder_path)
         for name in sorted(os.listdir(folder)):
             f = folder / name
