@@ -3,7 +3,7 @@ forward, sampling frequencies, filters, EOS handling, seeds, jit-cache reuse and
 
 Compiles are the cost here, so the tests share a few (config, shape) combinations: C1 greedy n=2 L=16,
 C2 temperature 0.8 n=4 L=16 (also used by test_sampling_selection / test_sample_cli), C3 n=2048 L=1,
-C4 top-k + top-p + min_new_tokens, C5 = C2 on an 8-device mesh.
+C4 top-k + top-p + min_new_tokens (L=40: two cache stages), C5 = C2 on an 8-device mesh.
 """
 
 import json
@@ -18,6 +18,7 @@ from infalign_jax.cli import UsageError
 from infalign_jax.mesh import make_mesh
 from infalign_jax.models import from_pretrained
 from infalign_jax.sampling import Sampler, SamplingConfig, filter_logits, pad_prompts
+from infalign_jax.sampling.sampler import cache_stages
 
 FIXTURES = "tests/fixtures/models"
 C2 = SamplingConfig(temperature=0.8)
@@ -133,13 +134,14 @@ def test_top_k_top_p_min_new_tokens(llama, golden):
     prompts = golden[0]
     config = SamplingConfig(temperature=1.0, top_k=20, top_p=0.8, min_new_tokens=4)
     first = full_logits(llama, Sampler(llama), prompts, np.zeros((2, 1, 1), np.int32))[:, 0, 0]
-    eos = tuple(int(t) for t in np.argsort(-first[0])[:4]) + tuple(int(t) for t in np.argsort(-first[1])[:4])
+    eos = (int(np.argmax(first[0])), int(np.argmax(first[1])))
     sampler = Sampler(llama, eos_ids=eos)
-    out = sampler.sample(prompts, n=4, max_new_tokens=16, seed=5, config=config)
+    out = sampler.sample(prompts, n=4, max_new_tokens=40, seed=5, config=config)
     assert not np.isin(out.tokens[:, :, :4], eos).any(), "EOS emitted before min_new_tokens"
-    assert (out.lengths < 16).any(), "no sequence hit EOS: the test would not check early stopping"
+    assert (out.lengths < 40).any(), "no sequence hit EOS: the test would not check early stopping"
+    assert (out.lengths > 33).any(), "no sequence crossed the first cache stage (32 slots)"
     logits = full_logits(llama, sampler, prompts, out.tokens)
-    suppress = (np.arange(16) < 4)[:, None] & np.isin(np.arange(logits.shape[-1]), eos)[None]
+    suppress = (np.arange(40) < 4)[:, None] & np.isin(np.arange(logits.shape[-1]), eos)[None]
     filtered = np.asarray(filter_logits(jnp.asarray(np.where(suppress, -np.inf, logits)), config))
     m = out.mask
     picked = np.take_along_axis(filtered, out.tokens[..., None], -1)[..., 0]
@@ -150,7 +152,7 @@ def test_top_k_top_p_min_new_tokens(llama, golden):
         for i in range(4):
             L = out.lengths[b, i]
             ends = np.flatnonzero(np.isin(out.tokens[b, i, :L], eos))
-            assert (ends.size == 0 and L == 16) or ends.tolist() == [L - 1]
+            assert (ends.size == 0 and L == 40) or ends.tolist() == [L - 1]
 
 
 def test_sharded_sampling_equals_single_device(llama, golden, c2_out):
@@ -160,6 +162,11 @@ def test_sharded_sampling_equals_single_device(llama, golden, c2_out):
     np.testing.assert_array_equal(sharded.mask, c2_out.mask)
     np.testing.assert_allclose(sharded.logprobs, c2_out.logprobs, atol=1e-5)
     np.testing.assert_allclose(sharded.sample_logprobs, c2_out.sample_logprobs, atol=1e-5)
+
+
+def test_cache_stages():
+    assert cache_stages(1) == [1] and cache_stages(32) == [32] and cache_stages(40) == [32, 40]
+    assert cache_stages(200) == [32, 64, 128, 200]
 
 
 def test_bad_arguments(llama):

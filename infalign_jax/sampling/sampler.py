@@ -9,7 +9,7 @@ Structure of one call (all inside a single ``jax.jit``):
    for the per-sample token and per-sample cache ``[N, B, L, Hkv, D]``.
 3. A ``lax.while_loop`` decodes one token per step, updating the per-sample cache and the ``[L, N, B]``
    outputs in place (``dynamic_update_slice`` on loop-carried buffers), and stops early once every sequence
-   has emitted EOS.
+   has emitted EOS. The per-sample cache grows in doubling stages (:func:`cache_stages`), one loop each.
 
 Randomness is per (prompt, sample, step): ``fold_in(fold_in(key_b, n), step)`` with one uniform per row (see
 :func:`~infalign_jax.sampling.filters.sample_categorical`), so samples do not depend on batch position, bucket
@@ -67,6 +67,22 @@ def _row_keys(keys_b: jax.Array, n: int, step) -> jax.Array:
     return jax.vmap(jax.vmap(lambda k: jax.random.fold_in(k, step)))(keys_nb)
 
 
+FIRST_CACHE_STAGE = 32
+
+
+def cache_stages(max_new_tokens: int) -> list[int]:
+    """Per-sample cache sizes of the decode stages: 32, 64, 128, ... capped at ``max_new_tokens``.
+
+    ``decode_step`` attends over every slot of the per-sample cache (masked), so its cost grows with the
+    cache size; growing the cache in doubling stages (a new ``lax.while_loop`` per stage, the filled slots
+    copied into a larger zero cache) attends over ~2/3 of the slots on average instead of all of them.
+    """
+    sizes = [min(FIRST_CACHE_STAGE, max_new_tokens)]
+    while sizes[-1] < max_new_tokens:
+        sizes.append(min(2 * sizes[-1], max_new_tokens))
+    return sizes
+
+
 def generate(
     model,
     prompt_bt: jax.Array,
@@ -112,7 +128,8 @@ def generate(
         return tok, model_logprob(logits_nbv, tok), slp
 
     logits_bv, prefix_cache = model.prefill(prompt_bt, prompt_mask_bt, max_new_tokens)
-    cache_n = jax.vmap(lambda _: model.init_sample_cache(B, max_new_tokens))(jnp.arange(n))
+    stages = cache_stages(L)
+    new_cache = lambda m: jax.vmap(lambda _: model.init_sample_cache(B, m))(jnp.arange(n))
     decode_n = jax.vmap(model.decode_step, in_axes=(0, None, None, 0))
 
     tok, lp, slp = pick(0, jnp.broadcast_to(logits_bv, (n, *logits_bv.shape)))
@@ -122,7 +139,7 @@ def generate(
         jnp.int32(0),
         tok,
         done,
-        cache_n,
+        new_cache(stages[0]),
         buf(pad_id, jnp.int32, tok),
         buf(False, jnp.bool_, jnp.ones_like(done)),
         buf(0.0, jnp.float32, lp),
@@ -145,7 +162,12 @@ def generate(
         done = done | jnp.isin(new, eos_e)
         return step + 1, new, done, cache_n, out_tok, out_mask, out_lp, out_slp
 
-    *_, out_tok, out_mask, out_lp, out_slp = jax.lax.while_loop(cond, body, carry)
+    for i, m in enumerate(stages):  # steps < m write slot < m: run them on a cache of m slots
+        if i:
+            grow = lambda zeros, old: jax.lax.dynamic_update_slice(zeros, old, (0,) * old.ndim)
+            carry = (*carry[:3], jax.tree.map(grow, new_cache(m), carry[3]), *carry[4:])
+        carry = jax.lax.while_loop(lambda c, m=m: cond(c) & (c[0] < m), body, carry)
+    *_, out_tok, out_mask, out_lp, out_slp = carry
     # Steps never reached (early stop) keep their fill: pad / False / 0.
     bnl = lambda x: constrain(jnp.transpose(x, (2, 1, 0)), 0)
     mask = bnl(out_mask)
