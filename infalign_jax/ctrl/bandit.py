@@ -23,6 +23,7 @@ sampled responses, online reference samples, calibration, transform, RLOO policy
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -104,25 +105,42 @@ def exact_calibrated_reward(ref_probs_v, rewards_v) -> np.ndarray:
     return u
 
 
+@partial(jax.jit, static_argnames="specs")
+def _kl_and_win_rates(w_xc, u_xm, specs: tuple[str, ...]):
+    """KL and win rates [len(specs)] of cell masses w_xc on grids u_xm, vmapped over the leading axis x."""
+
+    def one(w_c, u_m):
+        wins = [inference_win_rate(parse_procedure(spec), w_c, u_m) for spec in specs]
+        return kl_to_reference(w_c, u_m), jnp.stack(wins)
+
+    return jax.vmap(one)(w_xc, u_xm)
+
+
+def _summarize(kl_x, win_xn, procedures) -> dict:
+    win_n = np.mean(np.asarray(win_xn, np.float64), axis=0)
+    return {
+        "kl": float(np.mean(np.asarray(kl_x, np.float64))),
+        "win_rate": {name: float(w) for name, w in zip(procedures, win_n, strict=True)},
+    }
+
+
 def discrete_eval(policy_probs_cv, ref_probs_cv, rewards_cv, procedures=EVAL_PROCEDURES) -> dict:
     """Exact KL(π‖π_ref) and win rates W(T(π) ≻ T(π_ref)), averaged over contexts.
 
-    Per context the atoms sorted by reward are grid cells of width π_ref (points = cumulative reference
-    mass); the
-    policy's cell masses are its probabilities, so the analytic module's formulas are exact (ties ½ within an
-    atom).
+    Per context the atoms sorted by reward are grid cells of width π_ref (points = cumulative reference mass);
+    the policy's cell masses are its probabilities, so the analytic module's formulas are exact (ties ½ within
+    an atom).
     """
-    kls, wins = [], {name: [] for name in procedures}
-    for pi, q, r in zip(
-        np.asarray(policy_probs_cv), np.asarray(ref_probs_cv), np.asarray(rewards_cv), strict=True
-    ):
-        order = np.argsort(r, kind="stable")
-        u_m = jnp.asarray(np.concatenate([[0.0], np.cumsum(q[order])]) / np.sum(q), jnp.float32)
-        w_c = jnp.asarray(pi[order] / np.sum(pi), jnp.float32)
-        kls.append(float(kl_to_reference(w_c, u_m)))
-        for name, spec in procedures.items():
-            wins[name].append(float(inference_win_rate(parse_procedure(spec), w_c, u_m)))
-    return {"kl": float(np.mean(kls)), "win_rate": {k: float(np.mean(v)) for k, v in wins.items()}}
+    pi, q, r = np.asarray(policy_probs_cv), np.asarray(ref_probs_cv), np.asarray(rewards_cv)
+    order = np.argsort(r, axis=1, kind="stable")
+    q_sorted = np.take_along_axis(q, order, axis=1)
+    cum = np.cumsum(q_sorted, axis=1) / np.sum(q, axis=1, keepdims=True)
+    u_cm = np.concatenate([np.zeros((q.shape[0], 1)), cum], axis=1)
+    w_cv = np.take_along_axis(pi, order, axis=1) / np.sum(pi, axis=1, keepdims=True)
+    kl_c, win_cn = _kl_and_win_rates(
+        jnp.asarray(w_cv, jnp.float32), jnp.asarray(u_cm, jnp.float32), tuple(procedures.values())
+    )
+    return _summarize(kl_c, win_cn, procedures)
 
 
 def tilted_optimum(ref_probs_cv, rewards_cv, phi_fn, beta: float) -> np.ndarray:
@@ -140,13 +158,8 @@ def continuous_prediction(phi_fn, beta: float, procedures=EVAL_PROCEDURES, num_c
     u_m = uniform_grid(num_cells)
     mid = 0.5 * (u_m[1:] + u_m[:-1])
     w_c = tilt(jnp.asarray(phi_fn(mid), jnp.float32), beta, u_m)
-    return {
-        "kl": float(kl_to_reference(w_c, u_m)),
-        "win_rate": {
-            name: float(inference_win_rate(parse_procedure(spec), w_c, u_m))
-            for name, spec in procedures.items()
-        },
-    }
+    kl_x, win_xn = _kl_and_win_rates(w_c[None], u_m[None], tuple(procedures.values()))
+    return _summarize(kl_x, win_xn, procedures)
 
 
 def ref_probs(problem: BanditProblem) -> np.ndarray:
