@@ -1,0 +1,41 @@
+"""The README's main job (python -m infalign_jax.main): outputs, matched KL, and bad input."""
+
+import json
+
+import pytest
+
+from infalign_jax.cli import run_main
+from infalign_jax.main import format_summary, main, run
+
+
+def test_main_job_short_run(tmp_path):
+    """A short run writes summary/plot; the analytic β's put every method's *prediction* on the budget."""
+    summary = run("bon:4", 0.3, tmp_path, seed=0, steps=30)
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    assert (tmp_path / "phi_star.npz").exists()
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert set(on_disk["ctrl"]) == {"identity", "exponential", "optimal"}
+    for r in on_disk["ctrl"].values():
+        assert r["predicted_kl"] == pytest.approx(0.3, abs=2e-3)
+        assert 0.5 < r["win_rate"] < 1.0
+    # theory: at equal KL the BoN-aware transforms predict a higher BoN win rate than the identity
+    pred = {m: r["predicted_win_rate"] for m, r in on_disk["ctrl"].items()}
+    assert pred["optimal"] >= pred["exponential"] > pred["identity"] + 0.05
+    assert "calibrate-and-transform" in format_summary(summary)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--procedure", "bon:7"], "bandit evaluates"),
+        (["--kl", "-1"], "--kl"),
+        (["--procedure", "nope"], "procedure"),
+    ],
+)
+def test_main_job_bad_input_exits_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, ["--workdir", str(tmp_path / "w"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "w" / "summary.json").exists()
