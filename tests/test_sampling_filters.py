@@ -15,6 +15,7 @@ from infalign_jax.sampling import (
     top_k_filter,
     top_p_filter,
 )
+from infalign_jax.sampling.filters import top_k_candidates
 
 
 def np_softmax(x):
@@ -68,6 +69,15 @@ def test_top_k_filter_keeps_exactly_the_k_largest(logits):
         np.testing.assert_array_equal(np.sort(kept), np.sort(np.argsort(-row)[:7]))
         np.testing.assert_array_equal(filt[kept], row[kept])
     np.testing.assert_array_equal(np.asarray(top_k_filter(jnp.asarray(logits), 0)), logits)
+
+
+@pytest.mark.parametrize("shape,k", [((3, 8192), 50), ((2, 4, 4096), 1), ((5, 1000), 7), ((2, 262144), 64)])
+def test_top_k_candidates_equal_lax_top_k(shape, k):
+    x = jax.random.normal(jax.random.key(k), shape)
+    vals, idx = top_k_candidates(x, k)
+    want_vals, want_idx = jax.lax.top_k(x, k)
+    np.testing.assert_array_equal(vals, want_vals)
+    np.testing.assert_array_equal(idx, want_idx)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999])

@@ -6,8 +6,8 @@ Excluded tokens get logit ``-inf``, so they have probability exactly 0 and are n
 Design notes (measured on the 2-core CPU machines this project targets, 64 rows x 32k vocab):
 - A full sort of the vocabulary (``lax.sort`` / ``lax.top_k`` with k = V) costs ~0.5 s per call on XLA:CPU, so
   top-p never sorts the vocabulary: its threshold is found by bisection on the float bit pattern (exact, 31
-  passes). Top-k uses ``lax.top_k`` (fast for small k) and, combined with top-p, applies the nucleus on the k
-  sorted values.
+  passes). Top-k uses ``lax.top_k`` on block maxima, then on the tokens of the k best blocks
+  (:func:`top_k_candidates`) and, combined with top-p, applies the nucleus on the k sorted values.
 - ``jax.random.categorical`` draws V Gumbel variates per row (~90 ms per step at 64 x 32k); ``jnp.cumsum``
   over V is ~30 ms. :func:`sample_categorical` instead inverts the CDF with ONE uniform per row and a
   two-level (block) cumsum: ~2 ms, the cost of one ``exp`` pass.
@@ -62,11 +62,33 @@ def apply_temperature(logits_v: jax.Array, temperature: float) -> jax.Array:
     return logits_v / jnp.asarray(temperature, logits_v.dtype)
 
 
+def top_k_candidates(logits_v: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k(logits, k)`` (values descending, indices) without running top-k over the whole vocabulary.
+
+    The vocabulary is cut into blocks of ``bs`` tokens. Every top-k token lies in one of the k blocks with the
+    largest maxima: a block whose max is beaten by k other block maxima has k tokens strictly above all of its
+    own, so none of its tokens is in the top k. So: block maxima (one pass), top-k of the V/bs maxima, top-k
+    of the k*bs tokens of those blocks. ~6x less top-k work for V = 8192, k = 50 on XLA:CPU. Values are
+    exactly those of ``lax.top_k``; among tied values the indices may differ.
+    """
+    v = logits_v.shape[-1]
+    bs = 1 << max(3, round(math.log2(math.sqrt(v / max(k, 1)))))
+    if v % bs or v // bs <= 2 * k:
+        return jax.lax.top_k(logits_v, k)
+    lead = logits_v.shape[:-1]
+    x_cb = logits_v.reshape(*lead, v // bs, bs)
+    _, blocks_k = jax.lax.top_k(jnp.max(x_cb, -1), k)
+    cand = jnp.take_along_axis(x_cb, blocks_k[..., None], -2).reshape(*lead, k * bs)
+    idx = (blocks_k[..., None] * bs + jnp.arange(bs, dtype=blocks_k.dtype)).reshape(*lead, k * bs)
+    vals, j = jax.lax.top_k(cand, k)
+    return vals, jnp.take_along_axis(idx, j, -1)
+
+
 def top_k_filter(logits_v: jax.Array, k: int) -> jax.Array:
     """Sets every logit below the k-th largest to -inf (k = 0 or k >= V: unchanged)."""
     if k <= 0 or k >= logits_v.shape[-1]:
         return logits_v
-    kth = jax.lax.top_k(logits_v, k)[0][..., -1:]
+    kth = top_k_candidates(logits_v, k)[0][..., -1:]
     return jnp.where(logits_v < kth, NEG_INF, logits_v)
 
 
@@ -177,7 +199,7 @@ def sample_token(keys: jax.Array, logits_v: jax.Array, config: SamplingConfig) -
         return tok, jnp.zeros(tok.shape, jnp.float32)
     scaled_v = apply_temperature(logits_v, config.temperature)
     if 0 < config.top_k < logits_v.shape[-1]:
-        vals_k, idx_k = jax.lax.top_k(scaled_v, config.top_k)  # sorted, descending
+        vals_k, idx_k = top_k_candidates(scaled_v, config.top_k)  # sorted, descending
         if config.top_p < 1.0:
             probs_k = jax.nn.softmax(vals_k, -1)
             mass_before_k = jnp.cumsum(probs_k, -1) - probs_k
