@@ -1,0 +1,261 @@
+"""Benchmark of infalign_jax.analytic against a straightforward NumPy implementation of the same computation.
+
+Same grid (1024 cells), same iteration scheme (backtracking mirror ascent with a hand-derived gradient of the
+win rate, safeguarded secant in log β, the same t grid + golden-section search), timed in the same run:
+
+  * frontier: the optimal policy at 64 β values (JAX: one vmapped jit call; NumPy: a loop);
+  * CLI job:  `python -m infalign_jax.analytic --procedure bon:4 --kl 0.25,0.5,1` (optimal, best exponential
+              and identity at three KL budgets, without the figure).
+
+JAX compile time is reported separately (first call − steady-state call). Then a grid-refinement table: the
+optimal win rate at KL 1 and 2 for M = 128 … 4096 cells, and the BoN-policy win-rate error against n/(n+1).
+
+    .venv/bin/python benchmarks/analytic.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import jax
+import numpy as np
+
+from infalign_jax.analytic import solver
+from infalign_jax.analytic.solver import (
+    best_exponential,
+    bon_policy_point,
+    bon_policy_win_rate,
+    frontier,
+    identity_at_kl,
+    match_kl,
+)
+
+M = 1024
+KLS = np.array([0.25, 0.5, 1.0])
+
+
+# ---------------------------------------------------------------- NumPy baseline (bon:n / won:n only)
+
+
+class NumpyModel:
+    """W(T(p) ≻ T(U)) and its gradient for T = best-of-n / worst-of-n, by hand-derived reverse mode."""
+
+    def __init__(self, n: int, worst: bool, cells: int = M):
+        self.n, self.worst = n, worst
+        self.u_m = 0.5 * (1.0 - np.cos(np.pi * np.linspace(0.0, 1.0, cells + 1)))  # the solver's cosine grid
+        self.c_c = 0.5 * (self.u_m[1:] + self.u_m[:-1])
+        self.log_h = np.log(np.diff(self.u_m))
+        G_b = self.T(self.u_m)
+        self.mid_b = 0.5 * (G_b[1:] + G_b[:-1])
+
+    def T(self, F):
+        return 1.0 - (1.0 - F) ** self.n if self.worst else F**self.n
+
+    def dT(self, F):
+        return self.n * (1.0 - F) ** (self.n - 1) if self.worst else self.n * F ** (self.n - 1)
+
+    def win_and_grad(self, w):
+        cum = np.cumsum(w)
+        S = cum[-1]
+        F = np.concatenate([[0.0], cum / S])
+        G = self.T(F)
+        win = float(np.sum(np.diff(G) * self.mid_b))
+        dG = np.concatenate([[0.0], self.mid_b]) - np.concatenate([self.mid_b, [0.0]])
+        dF = dG * self.dT(F)
+        tail = np.cumsum(dF[1:][::-1])[::-1]  # Σ_{j ≥ c+1} dW/dF_j
+        return win, tail / S - np.sum(dF[1:] * cum) / S**2
+
+    def kl(self, w):
+        return float(np.sum(w * (np.log(w) - self.log_h)))
+
+    def tilt(self, phi, beta):
+        z = phi / beta + self.log_h
+        z = z - z.max()
+        e = np.exp(z)
+        return e / e.sum()
+
+    def mirror_ascent(self, beta, logw, max_iter=solver.DEFAULT_MAX_ITER, tol=solver.DEFAULT_TOL):
+        def evaluate(logw):
+            w = np.exp(logw)
+            win, phi = self.win_and_grad(w)
+            r = phi - beta * (logw - self.log_h)
+            return win - beta * np.sum(w * (logw - self.log_h)), phi, r.max() - r.min()
+
+        def log_softmax(z):
+            z = z - z.max()
+            return z - np.log(np.sum(np.exp(z)))
+
+        obj, phi, res = evaluate(logw)
+        eta, it, prev = 1.0, 0, np.zeros_like(logw)
+        while res > tol and it < max_iter:
+            cand = log_softmax((1 - eta) * logw + eta * log_softmax(phi / beta + self.log_h))
+            o, p, r = evaluate(cand)
+            if o > obj or (r < res and o > obj - 1e-12):
+                step = cand - logw
+                eta = 0.5 * eta if np.dot(step, prev) < 0 else min(1.0, 1.5 * eta)
+                logw, obj, phi, res, prev = cand, o, p, r, step
+            else:
+                eta *= 0.5
+            it += 1
+        return logw, phi, it, res
+
+    def solve(self, beta, logw=None):
+        logw = self.log_h.copy() if logw is None else logw
+        logw, _, _, _ = self.mirror_ascent(beta, logw)
+        w = np.exp(logw)
+        return self.win_and_grad(w)[0], self.kl(w), logw
+
+    def match_log_beta(self, kl_of, target, steps=solver.MATCH_STEPS):
+        lo_limit, hi_limit = solver.LOG_BETA_RANGE
+        f = lambda x: math.log(max(kl_of(x), 1e-300)) - math.log(target)
+        x0 = math.log(0.3)
+        y0 = f(x0)
+        x1 = x0 + (0.5 if y0 > 0 else -0.5)
+        y1 = f(x1)
+        lo, hi = -math.inf, math.inf
+        for x, y in ((x0, y0), (x1, y1)):
+            lo, hi = (max(lo, x), hi) if y > 0 else (lo, min(hi, x))
+        best_x, best_y = (x1, y1) if abs(y1) < abs(y0) else (x0, y0)
+        for _ in range(steps):
+            slope = (y1 - y0) / (x1 - x0) if x1 != x0 else 0.0
+            usable = slope < 0 and math.isfinite(slope)
+            secant = x1 - y1 / slope if usable else x1
+            if usable and lo < secant < hi:
+                x2 = secant
+            elif math.isfinite(lo) and math.isfinite(hi):
+                x2 = 0.5 * (lo + hi)
+            else:
+                x2 = x1 + (1.0 if y1 > 0 else -1.0) * max(1.0, abs(x1 - x0))
+            x2 = best_x if best_y == 0 else min(max(x2, lo_limit), hi_limit)
+            y2 = f(x2)
+            lo, hi = (max(lo, x2), hi) if y2 > 0 else (lo, min(hi, x2))
+            if abs(y2) < abs(best_y):
+                best_x, best_y = x2, y2
+            x0, y0, x1, y1 = x1, y1, x2, y2
+        return best_x
+
+    def match_kl(self, kl):
+        state = {"logw": self.log_h.copy()}
+
+        def kl_of(x):
+            state["logw"] = self.mirror_ascent(math.exp(x), state["logw"])[0]
+            return self.kl(np.exp(state["logw"]))
+
+        x = self.match_log_beta(kl_of, kl)
+        win, kl_value, _ = self.solve(math.exp(x), state["logw"])
+        return win, math.exp(x)
+
+    def exponential(self, t, beta):
+        phi = self.c_c if t == 0 else np.expm1(t * self.c_c) / np.expm1(t)
+        w = self.tilt(phi, beta)
+        return self.win_and_grad(w)[0], self.kl(w)
+
+    def exponential_at_kl(self, t, kl):
+        x = self.match_log_beta(lambda x: self.exponential(t, math.exp(x))[1], kl)
+        return self.exponential(t, math.exp(x))[0], math.exp(x)
+
+    def best_exponential(self, kl, num_t=41, golden_steps=32):
+        s = np.linspace(-1.0, 1.0, num_t)
+        t_grid = solver.T_RANGE * np.sinh(5.0 * s) / np.sinh(5.0)
+        win_at = lambda t: self.exponential_at_kl(t, kl)[0]
+        best = int(np.argmax([win_at(t) for t in t_grid]))
+        a, b = t_grid[max(best - 1, 0)], t_grid[min(best + 1, num_t - 1)]
+        ratio = (math.sqrt(5.0) - 1.0) / 2.0
+        for _ in range(golden_steps):
+            c, d = b - ratio * (b - a), a + ratio * (b - a)
+            a, b = (a, d) if win_at(c) >= win_at(d) else (c, b)
+        refined, coarse = 0.5 * (a + b), t_grid[best]
+        return max((win_at(refined), refined), (win_at(coarse), coarse))
+
+
+# ---------------------------------------------------------------- timing helpers
+
+
+def timed(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def cli_job_jax(spec="bon:4", kls=KLS, grid=M):
+    return (
+        match_kl(spec, kls, grid=grid),
+        best_exponential(spec, kls, grid=grid),
+        identity_at_kl(spec, kls, grid=grid),
+    )
+
+
+def cli_job_numpy(n=4, kls=KLS):
+    model = NumpyModel(n, worst=False)
+    return [(model.match_kl(kl), model.best_exponential(kl), model.exponential_at_kl(0.0, kl)) for kl in kls]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer grid sizes in the refinement table")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; grid M = {M} cells; float64")
+    betas = np.geomspace(0.02, 2.0, 64)
+
+    # ---- frontier (64 β)
+    start = time.perf_counter()
+    jax.block_until_ready(frontier("bon:4", betas))
+    first = time.perf_counter() - start
+    t_jax, front = timed(lambda: frontier("bon:4", betas))
+    model = NumpyModel(4, worst=False)
+    t_np, np_front = timed(lambda: [model.solve(b)[:2] for b in betas], repeats=1)
+    np_front = np.array(np_front)
+    agree = np.max(np.abs(np_front[:, 0] - front.win_rate))
+    print("\n64-point frontier (bon:4, β in [0.02, 2])")
+    iters = front.iterations.max()
+    print(f"  JAX   compile {first - t_jax:6.2f} s   run {t_jax:7.3f} s   (max iterations {iters})")
+    print(f"  NumPy            {'':>9}   run {t_np:7.3f} s")
+    print(f"  speed-up x{t_np / t_jax:.1f}    max |W_jax − W_numpy| = {agree:.1e}")
+
+    # ---- the CLI job
+    start = time.perf_counter()
+    jax.block_until_ready(cli_job_jax())
+    first = time.perf_counter() - start
+    t_jax, (opt, expo, ident) = timed(cli_job_jax)
+    t_np, np_out = timed(cli_job_numpy, repeats=1)
+    agree = max(
+        max(
+            abs(np_out[i][0][0] - opt.win_rate[i]),
+            abs(np_out[i][1][0] - expo.win_rate[i]),
+            abs(np_out[i][2][0] - ident.win_rate[i]),
+        )
+        for i in range(len(KLS))
+    )
+    print("\nCLI job: --procedure bon:4 --kl 0.25,0.5,1 (optimal + best exponential + identity, no figure)")
+    print(f"  JAX   compile {first - t_jax:6.2f} s   run {t_jax:7.3f} s")
+    print(f"  NumPy            {'':>9}   run {t_np:7.3f} s")
+    print(
+        f"  speed-up x{t_np / t_jax:.1f} (compiled)   x{t_np / first:.1f} (including compilation)   "
+        f"max |W_jax − W_numpy| = {agree:.1e}"
+    )
+
+    # ---- grid refinement
+    grids = [128, 256, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]
+    specs = ["bon:4", "bon:8", "won:4"]
+    for kl in (1.0, 2.0):
+        rows = {spec: [float(match_kl(spec, kl, grid=g).win_rate) for g in grids] for spec in specs}
+        print(f"\nGrid refinement: optimal win rate at KL = {kl:g} (difference to M = {grids[-1]})")
+        print("  " + f"{'M':>6}" + "".join(f"{s:>24}" for s in specs))
+        for j, g in enumerate(grids):
+            cells = "".join(f"{rows[s][j]:>12.7f} ({rows[s][j] - rows[s][-1]:+.1e})" for s in specs)
+            print(f"  {g:>6}{cells}")
+    print("\nGrid refinement: BoN-n policy win rate under T = identity vs the closed form n/(n+1)")
+    print("  " + f"{'M':>6}" + "".join(f"{'n=' + str(n):>12}" for n in (2, 4, 8)))
+    for g in grids:
+        errs = [bon_policy_win_rate("identity", n, grid=g) - bon_policy_point(n)[1] for n in (2, 4, 8)]
+        print(f"  {g:>6}" + "".join(f"{e:>12.1e}" for e in errs))
+
+
+if __name__ == "__main__":
+    main()
