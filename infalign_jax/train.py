@@ -201,6 +201,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds checkpoints).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (auto-detected on TPU pods / SLURM)."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (manual multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (manual runs).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (manual runs).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,6 +219,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"bad config override {e} (not a field of the config, or a wrong type)") from e
     if _CONFIG.value is None or not _WORKDIR.value:
         raise UsageError("--config and --workdir are required")
+    if _DISTRIBUTED.value:
+        kwargs = {}
+        if _COORDINATOR.value:
+            kwargs = dict(
+                coordinator_address=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value,
+                process_id=_PROCESS_ID.value,
+                coordinator_bind_address=_COORDINATOR.value,
+            )
+        jax.distributed.initialize(**kwargs)
     try:
         train(_CONFIG.value, _WORKDIR.value)
     except NonFiniteError as e:

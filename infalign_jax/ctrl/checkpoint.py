@@ -28,7 +28,8 @@ class RunCheckpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -68,9 +69,17 @@ class RunCheckpointer:
         )
 
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:
-        """The saved items of a step as host arrays (no target needed; for tests and inspection)."""
+        """The saved items of a step, restored onto one local device whatever topology saved them (for tests,
+        inspection and export)."""
         step = self.latest_step() if step is None else step
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            self.manager.item_metadata(step)["state"],
+        )
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )
         return restored["state"]
 
     def wait(self) -> None:
