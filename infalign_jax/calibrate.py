@@ -17,7 +17,6 @@ chunk holding it is not stored.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -25,16 +24,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from infalign_jax.cli import UsageError, run_main
-from infalign_jax.ctrl.hh import load_components, table_meta
-from infalign_jax.ctrl.lm import reference_rewards
+from infalign_jax.ctrl.hh import HHComponents, chunked_rewards, load_components, table_meta
 from infalign_jax.ctrl.table import CalibrationTableWriter
 
 
-def build_table(config, table_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Builds (or completes) the calibration table; returns a summary dict."""
+def build_table(
+    config, table_dir: str | Path | None = None, progress: bool = True, parts: HHComponents | None = None
+) -> dict:
+    """Builds (or completes) the calibration table; returns a summary dict. ``parts``: already loaded
+    components of ``config`` (:func:`~infalign_jax.ctrl.hh.load_components`), e.g. to build several tables."""
     t0 = time.perf_counter()
     table_dir = Path(table_dir or config.hh.table_dir)
     k, chunk = int(config.num_ref), int(config.hh.calibration_batch_prompts)
@@ -49,31 +49,24 @@ def build_table(config, table_dir: str | Path | None = None, progress: bool = Tr
             f"{table_dir} was built with {name}={have!r} but the config has {need!r}; use another --workdir"
         )
     done = writer.done_ids()
-    parts = load_components(config)
+    parts = parts or load_components(config)
     ids = parts.prompts.ids
     n = len(ids)
-    fn = jax.jit(functools.partial(reference_rewards, parts.policy, parts.scorer), static_argnames="k")
     key = jax.random.key_data(jax.random.key(config.seed))
     todo = [
         c for c in range(-(-n // chunk)) if not done.issuperset(ids[c * chunk : (c + 1) * chunk].tolist())
     ]
+    for c in todo:
+        if done.intersection(ids[c * chunk : (c + 1) * chunk].tolist()):
+            raise UsageError(f"{table_dir}: chunk {c} is partly stored (table edited by hand?); rebuild it")
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo) * chunk * k, desc="calibrate", unit="sample", dynamic_ncols=True)
     try:
-        for c in todo:
-            idx = np.arange(c * chunk, min((c + 1) * chunk, n))
-            if done.intersection(ids[idx].tolist()):
-                raise UsageError(
-                    f"{table_dir}: chunk {c} is partly stored (table edited by hand?); rebuild it"
-                )
-            rows = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])  # fixed shape: one compilation
-            r_pk = np.asarray(
-                fn(parts.params, parts.env, parts.prompts.rows(rows), jax.random.fold_in(key, c), k=k)
-            )
-            writer.add(ids[idx], r_pk[: idx.size])  # UsageError on NaN/Inf: nothing of this chunk stored
+        for idx, r_pk in chunked_rewards(parts, parts.params, k, chunk, key, todo):
+            writer.add(ids[idx], r_pk)  # UsageError on NaN/Inf: nothing of this chunk is stored
             writer.flush()
             if bar is not None:
                 bar.update(chunk * k)

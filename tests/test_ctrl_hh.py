@@ -7,6 +7,7 @@ the same fixture with a random linear head (saved/loaded through the reward pack
 harmless-base data built into tmp.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -60,6 +61,22 @@ def parts(hh_dir, repo_root, tmp_path_factory):
     return {"root": root, "policy": policy, "rm": root / "rm", "data": root / "data"}
 
 
+@pytest.fixture(scope="module")
+def components(parts, repo_root, tmp_path_factory):
+    """The loaded components of the small config (shared: one compilation of the sample-and-score step)."""
+    return hh.load_components(make_config(repo_root, overrides(parts, tmp_path_factory.mktemp("unused"))))
+
+
+@pytest.fixture(scope="module")
+def table_dir(parts, repo_root, tmp_path_factory):
+    """A table built by the calibrate CLI (6 prompts, K=4, chunks of 4)."""
+    from infalign_jax.calibrate import main
+
+    path = tmp_path_factory.mktemp("table") / "t"
+    assert _exit_code(main, cli_args(repo_root, overrides(parts, path))) == 0
+    return path
+
+
 def overrides(parts, table_dir, **extra):
     return {
         **SMALL,
@@ -88,9 +105,8 @@ def cli_args(repo_root, values):
     ]
 
 
-def test_lm_policy_logprobs_match_sampler_and_scores_are_per_sample(parts, repo_root, tmp_path):
-    cfg = make_config(repo_root, overrides(parts, tmp_path / "t"))
-    c = hh.load_components(cfg)
+def test_lm_policy_logprobs_match_sampler_and_scores_match_rm(parts, components, tmp_path):
+    c = components
     batch = c.prompts.rows(np.arange(3))
     assert batch["prompt_bt"].shape == (3, 24) and batch["rm_prompt_bp"].shape == (3, 16)
     rng = jax.random.key_data(jax.random.key(0))
@@ -98,28 +114,27 @@ def test_lm_policy_logprobs_match_sampler_and_scores_are_per_sample(parts, repo_
     assert samples["tokens"].shape == (3, 5, 6)
     lp, mask = jax.jit(c.policy.logprobs)(c.params, batch, samples)
     # The sampler's own per-token log-probabilities (KV-cache decode) vs the full-sequence recomputation.
-    from infalign_jax.ctrl.lm import _BoundLM, _typed_key
+    from infalign_jax.ctrl.lm import _BoundLM, _typed_key, decode_responses
     from infalign_jax.sampling import generate
 
     key = _typed_key(rng)
-    out = generate(
-        _BoundLM(c.policy.config, c.params),
-        jnp.asarray(batch["prompt_bt"]),
-        jnp.asarray(batch["prompt_mask_bt"]),
+    run = lambda params, prompt, mask: generate(
+        _BoundLM(c.policy.config, params),
+        prompt,
+        mask,
         jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(3)),
         n=5,
         max_new_tokens=6,
         eos_ids=c.policy.eos_ids,
     )
+    out = jax.jit(run)(c.params, batch["prompt_bt"], batch["prompt_mask_bt"])
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(samples["tokens"]))
     np.testing.assert_array_equal(np.asarray(mask), np.asarray(out.mask))
     np.testing.assert_allclose(np.asarray(lp), np.asarray(out.logprobs), atol=2e-5)
-    assert np.all(np.asarray(lp)[np.asarray(mask)] < 0)
+    assert np.all(np.asarray(lp)[np.asarray(mask)] < 0) and np.all(np.asarray(lp)[~np.asarray(mask)] == 0)
 
     # Scores: the scorer (host re-tokenization + in-graph reward net) == the reward model on the texts.
     r_ps = np.asarray(jax.jit(c.scorer)(c.env, batch, samples))
-    from infalign_jax.ctrl.lm import decode_responses
-
     texts = decode_responses(
         c.tokenizer, np.asarray(samples["tokens"]).reshape(15, 6), np.asarray(mask).reshape(15, 6)
     )
@@ -132,49 +147,62 @@ def test_lm_policy_logprobs_match_sampler_and_scores_are_per_sample(parts, repo_
     assert np.std(r_ps) > 0
 
 
-def test_calibrate_cli_builds_resumes_and_refuses_bad_tables(parts, repo_root, tmp_path):
-    from infalign_jax.calibrate import build_table, main
+def test_calibrate_cli_table_resume_and_refusals(
+    parts, components, table_dir, repo_root, tmp_path, monkeypatch
+):
+    import infalign_jax.calibrate as calibrate
 
-    full = tmp_path / "full"
-    values = overrides(parts, full)
-    run_main_code = lambda args: _exit_code(main, args)
-    assert run_main_code(cli_args(repo_root, values)) == 0
-    table = load_table(full)
-    assert table.k == 4 and len(table.prompt_ids) == 6 and table.meta["batch_prompts"] == 4
+    table = load_table(table_dir)
+    assert table.k == 4 and table.meta["batch_prompts"] == 4
+    np.testing.assert_array_equal(table.prompt_ids, np.sort(components.prompts.ids))
     assert np.all(np.diff(table.rewards_nk, axis=1) >= 0) and np.isfinite(table.rewards_nk).all()
     assert np.std(table.rewards_nk) > 0
 
-    # Interrupted after the first chunk (4 prompts), then resumed: same table as the uninterrupted build.
-    part = tmp_path / "part"
-    cfg = make_config(repo_root, overrides(parts, part, **{"hh.num_prompts": 4}))
-    first = build_table(cfg, progress=False)
-    assert first["new_prompts"] == 4
-    cfg = make_config(repo_root, overrides(parts, part))
-    second = build_table(cfg, progress=False)
-    assert second["new_prompts"] == 2 and build_table(cfg, progress=False)["new_prompts"] == 0
-    resumed = load_table(part)
+    # Killed after the first chunk (4 of 6 prompts) was flushed, then rerun: same table as uninterrupted.
+    cfg = make_config(repo_root, overrides(parts, tmp_path / "part"))
+    real = calibrate.chunked_rewards
+
+    def interrupted(*args):
+        for i, item in enumerate(real(*args)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(calibrate, "chunked_rewards", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate.build_table(cfg, progress=False, parts=components)
+    assert load_table(tmp_path / "part").prompt_ids.size == 4
+    monkeypatch.setattr(calibrate, "chunked_rewards", real)
+    assert calibrate.build_table(cfg, progress=False, parts=components)["new_prompts"] == 2
+    assert calibrate.build_table(cfg, progress=False, parts=components)["new_prompts"] == 0
+    resumed = load_table(tmp_path / "part")
     np.testing.assert_array_equal(resumed.prompt_ids, table.prompt_ids)
     np.testing.assert_array_equal(resumed.rewards_nk, table.rewards_nk)
 
-    # Settings that change the rewards are refused on a table built for others.
-    assert run_main_code(cli_args(repo_root, {**values, "seed": 1})) == 2
-    assert run_main_code(cli_args(repo_root, {**values, "num_ref": 8})) == 2
+    # Settings that change the rewards are refused on a table built for others (exit 2).
+    values = overrides(parts, table_dir)
+    assert _exit_code(calibrate.main, cli_args(repo_root, {**values, "seed": 1})) == 2
+    assert _exit_code(calibrate.main, cli_args(repo_root, {**values, "num_ref": 8})) == 2
+    cfg = make_config(repo_root, {**values, "hh.max_new_tokens": 5})
+    with pytest.raises(UsageError, match="max_new_tokens"):
+        hh.open_table(cfg, components.prompts.ids)
+
+    # Final evaluation of π_ref itself against the table: u in [0, 1], reference mean read from the table.
+    ev = hh.evaluate(components, table, components.params, num_samples=4, seed=0, chunk=4)["eval"]
+    assert 0.0 < ev["u_mean"] < 1.0 and ev["prompts"] == 6
+    assert ev["ref_reward_mean"] == pytest.approx(float(table.rewards_nk.mean()), rel=1e-6)
 
 
-def test_calibrate_nan_rewards_exit_2_and_store_nothing(parts, repo_root, tmp_path, capsys):
-    from infalign_jax.calibrate import main
-    from infalign_jax.reward import load_reward_model
+def test_calibrate_nan_rewards_error_and_store_nothing(parts, components, repo_root, tmp_path):
+    from infalign_jax.calibrate import build_table
 
-    rm = load_reward_model(parts["rm"])
-    net = rm.net
-    net.head.out.kernel[...] = jnp.full_like(net.head.out.kernel[...], jnp.nan)
-    rm.set_net(net)
-    save_reward_model(rm, tmp_path / "nan_rm")
-    table_dir = tmp_path / "table"
-    values = overrides(parts, table_dir, **{"hh.rm_workdir": str(tmp_path / "nan_rm")})
-    assert _exit_code(main, cli_args(repo_root, values)) == 2
-    assert "non-finite reference reward" in capsys.readouterr().err
-    assert load_table(table_dir).prompt_ids.size == 0
+    env = jax.tree.map(np.copy, components.env)
+    env["head"]["out"]["kernel"][...] = np.nan
+    nan_parts = dataclasses.replace(components, env=env)
+    cfg = make_config(repo_root, overrides(parts, tmp_path / "t"))
+    with pytest.raises(UsageError, match="non-finite reference reward"):
+        build_table(cfg, progress=False, parts=nan_parts)
+    assert load_table(tmp_path / "t").prompt_ids.size == 0
 
 
 def test_missing_artifacts_name_the_command(parts, repo_root, tmp_path):
@@ -189,17 +217,14 @@ def test_missing_artifacts_name_the_command(parts, repo_root, tmp_path):
         hh.open_table(cfg, [0, 1])
 
 
-def test_two_ctrl_steps_end_to_end(parts, repo_root, tmp_path, monkeypatch):
-    table_dir = tmp_path / "table"
-    values = overrides(parts, table_dir)
-    from infalign_jax.calibrate import main as calibrate_main
-
-    assert _exit_code(calibrate_main, cli_args(repo_root, values)) == 0
-    wd = tmp_path / "run"
+def test_two_ctrl_steps_end_to_end(parts, table_dir, repo_root, tmp_path, monkeypatch):
     from infalign_jax import train
+    from infalign_jax.ctrl.checkpoint import RunCheckpointer
+    from infalign_jax.models import from_pretrained
 
     monkeypatch.setitem(train.PROBLEMS, "hh", hh.build_problem)
-    train.train(make_config(repo_root, values), wd)
+    wd = tmp_path / "run"
+    train.train(make_config(repo_root, overrides(parts, table_dir, **{"hh.eval_samples": 0})), wd)
     rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
@@ -208,22 +233,12 @@ def test_two_ctrl_steps_end_to_end(parts, repo_root, tmp_path, monkeypatch):
             assert r[k] > 0, k
         assert all(np.isfinite(v) for v in r.values() if isinstance(v, float)), r
         assert 0.0 <= r["u/mean"] <= 1.0 and r["finite"] == 1.0 and r["grad_norm"] > 0
-    final = json.loads((wd / "final_eval.json").read_text())
-    assert final["steps"] == 2 and 0.0 <= final["eval"]["u_mean"] <= 1.0
-
-    from infalign_jax.ctrl.checkpoint import RunCheckpointer
 
     trained = RunCheckpointer(wd, 0).restore_raw(2)["params"]
-    initial = load_components_params(repo_root, values)
+    model, _ = from_pretrained(parts["policy"])
+    initial = jax.tree.map(np.asarray, model.params())
     moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), trained, initial)
     assert max(jax.tree.leaves(moved)) > 1e-4
-
-
-def load_components_params(repo_root, values):
-    from infalign_jax.models import from_pretrained
-
-    model, _ = from_pretrained(values["hh.policy_path"])
-    return jax.tree.map(np.asarray, model.params())
 
 
 def _exit_code(main, args) -> int:

@@ -13,6 +13,8 @@ the step (``reference="online"``).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,14 @@ import numpy as np
 
 from infalign_jax.cli import UsageError
 from infalign_jax.ctrl.calibration import calibrate
-from infalign_jax.ctrl.lm import EncodedPrompts, LMPolicy, PromptBatches, RewardScorer, encode_prompts
+from infalign_jax.ctrl.lm import (
+    EncodedPrompts,
+    LMPolicy,
+    PromptBatches,
+    RewardScorer,
+    encode_prompts,
+    reference_rewards,
+)
 from infalign_jax.ctrl.train_step import CtrlProblem
 
 SFT_COMMAND = "python -m infalign_jax.sft --config configs/sft_hh_tiny.py"
@@ -32,7 +41,9 @@ CALIBRATE_COMMAND = "python -m infalign_jax.calibrate --config configs/ctrl_hh_h
 
 @dataclass(frozen=True, eq=False)
 class HHComponents:
-    """The loaded real parts: policy (+ its initial params, host numpy), scorer (+ env), encoded prompts."""
+    """The loaded real parts: policy (+ its initial params, host numpy), scorer (+ env), encoded prompts, and
+    ``rewards_fn(params, env, batch, rng, k=K) -> [P, K]``: :func:`~infalign_jax.ctrl.lm.reference_rewards`
+    jitted once (copies made with ``dataclasses.replace`` share its compilations)."""
 
     policy: LMPolicy
     params: Any
@@ -40,6 +51,7 @@ class HHComponents:
     env: Any
     prompts: EncodedPrompts
     tokenizer: Any
+    rewards_fn: Callable[..., jax.Array]
 
 
 def load_components(config) -> HHComponents:
@@ -95,7 +107,8 @@ def load_components(config) -> HHComponents:
         int(pad_id),
     )
     params = jax.tree.map(np.asarray, jax.device_get(model.params()))
-    return HHComponents(policy, params, scorer, scorer.env(), prompts, tokenizer)
+    rewards_fn = jax.jit(functools.partial(reference_rewards, policy, scorer), static_argnames="k")
+    return HHComponents(policy, params, scorer, scorer.env(), prompts, tokenizer, rewards_fn)
 
 
 def table_meta(config) -> dict:
@@ -147,7 +160,9 @@ def build_problem(config, step_cfg) -> CtrlProblem:
         raise UsageError(f"prompts_per_step={config.prompts_per_step} > hh.num_prompts={len(parts.prompts)}")
     final_eval = None
     if config.hh.eval_samples > 0 and table is not None:
-        final_eval = lambda params: evaluate(parts, table, params, config.hh.eval_samples, config.seed)
+        final_eval = lambda params: evaluate(
+            parts, table, params, config.hh.eval_samples, config.seed, config.hh.calibration_batch_prompts
+        )
     return CtrlProblem(
         policy=parts.policy,
         scorer=parts.scorer,
@@ -159,26 +174,31 @@ def build_problem(config, step_cfg) -> CtrlProblem:
     )
 
 
-def evaluate(parts: HHComponents, table, params, num_samples: int, seed: int, chunk: int = 8) -> dict:
+def chunked_rewards(
+    parts: HHComponents, params, k: int, chunk: int, key: jax.Array, chunk_ids: Iterable[int]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields ``(idx, rewards [len(idx), k])`` for chunks of ``chunk`` prompts: K samples per prompt of the
+    policy with ``params``, scored. Chunk ``c`` holds prompts ``c·chunk ..`` and uses ``fold_in(key, c)``;
+    the last chunk is padded to the fixed shape (one compilation)."""
+    n = len(parts.prompts)
+    for c in chunk_ids:
+        idx = np.arange(c * chunk, min((c + 1) * chunk, n))
+        rows = np.concatenate([idx, np.full(chunk - idx.size, idx[-1])])
+        r = parts.rewards_fn(params, parts.env, parts.prompts.rows(rows), jax.random.fold_in(key, c), k=k)
+        yield idx, np.asarray(r)[: idx.size]
+
+
+def evaluate(parts: HHComponents, table, params, num_samples: int, seed: int, chunk: int) -> dict:
     """Fresh samples of the trained policy on the whole prompt set, calibrated against the table.
 
     ``u_mean`` estimates the win rate P[r(y) > r(z)] + ½P[=] of a policy sample y over a π_ref sample z
     (0.5 for π = π_ref; paper Sec. 4 calibrated reward)."""
-
-    @jax.jit
-    def rewards(params, env, batch, rng):
-        return parts.scorer(env, batch, parts.policy.sample(params, batch, rng, num_samples))
-
     key = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 2**31 - 1))
     n = len(parts.prompts)
     r, u = [], []
-    for start in range(0, n, chunk):
-        idx = np.arange(start, min(start + chunk, n))
-        batch = parts.prompts.rows(idx)
-        r_ps = np.asarray(rewards(params, parts.env, batch, jax.random.fold_in(key, start)))
-        ref = table.lookup(parts.prompts.ids[idx])
+    for idx, r_ps in chunked_rewards(parts, params, num_samples, chunk, key, range(-(-n // chunk))):
         r.append(r_ps)
-        u.append(np.asarray(calibrate(r_ps, ref)))
+        u.append(np.asarray(calibrate(r_ps, table.lookup(parts.prompts.ids[idx]))))
     r, u = np.concatenate(r), np.concatenate(u)
     return {
         "eval": {
