@@ -68,7 +68,8 @@ class NumpyModel:
         return win, tail / S - np.sum(dF[1:] * cum) / S**2
 
     def kl(self, w):
-        return float(np.sum(w * (np.log(w) - self.log_h)))
+        safe = np.where(w > 0, w, 1.0)
+        return float(np.sum(np.where(w > 0, w * (np.log(safe) - self.log_h), 0.0)))
 
     def tilt(self, phi, beta):
         z = phi / beta + self.log_h
