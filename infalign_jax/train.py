@@ -37,9 +37,18 @@ from infalign_jax.io_utils import atomic_write_json
 from infalign_jax.mesh import make_mesh
 from infalign_jax.metrics_log import MetricsWriter
 
+
+def _hh_problem(config: ml_collections.ConfigDict, step_cfg: StepConfig) -> CtrlProblem:
+    """HH-RLHF with the real SFT policy, sampler and reward model (imported lazily: heavy)."""
+    from infalign_jax.ctrl import hh
+
+    return hh.build_problem(config, step_cfg)
+
+
 # Task builders: config.problem -> builder(config, step_cfg) -> CtrlProblem.
 PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict, StepConfig], CtrlProblem]] = {
     "bandit": bandit.build_problem,
+    "hh": _hh_problem,
 }
 EXIT_NONFINITE = 1
 EXIT_PREEMPTED = 143
