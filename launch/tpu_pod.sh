@@ -8,8 +8,8 @@
 # What it does, on all workers (gcloud ... ssh --worker=all):
 #   1. copies this checkout to ~/infalign_jax (rsync-free: a tarball through `gcloud compute tpus tpu-vm scp`),
 #   2. `launch/local.sh setup` (the same pinned venv as on a laptop) plus the TPU build of jaxlib,
-#   3. runs `python -m infalign_jax.train` with INFALIGN_DISTRIBUTED=1, which calls
-#      jax.distributed.initialize() (TPU pods auto-detect the coordinator) before touching devices.
+#   3. runs `python -m infalign_jax.train --distributed`, which calls jax.distributed.initialize() (TPU pods
+#      auto-detect the coordinator) before touching devices.
 # The workdir must be a filesystem path every worker sees (e.g. a gcsfuse or Filestore mount): Orbax writes
 # one checkpoint per step collectively, and reruns with the same workdir resume. SIGTERM on preemption
 # saves a checkpoint before exit. Models and data must already be on that path (nothing is downloaded).
@@ -46,6 +46,6 @@ EXTRA_Q=$(printf ' %q' "${EXTRA[@]+"${EXTRA[@]}"}")
   mkdir -p ~/infalign_jax && tar -xzf ~/infalign_jax.tar.gz -C ~/infalign_jax && cd ~/infalign_jax
   bash launch/local.sh setup
   .venv/bin/pip install -q 'jax[tpu]==0.10.2'
-  INFALIGN_DISTRIBUTED=1 .venv/bin/python -m infalign_jax.train --config $(printf %q "$CONFIG") \
+  .venv/bin/python -m infalign_jax.train --distributed --config $(printf %q "$CONFIG") \
       --workdir $(printf %q "$WORKDIR")$EXTRA_Q
 "
