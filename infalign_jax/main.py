@@ -23,7 +23,7 @@ import jax
 from infalign_jax.analytic import command as analytic_command
 from infalign_jax.analytic.plotting import figure_png_bytes, frontier_figure
 from infalign_jax.analytic.solver import DEFAULT_CELLS, as_procedure
-from infalign_jax.cli import UsageError, run_main
+from infalign_jax.cli import ArgumentParser, UsageError, run_main
 from infalign_jax.ctrl.bandit import EVAL_PROCEDURES
 from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
 from infalign_jax.train import load_config_file, train
@@ -32,13 +32,8 @@ BANDIT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ctrl_bandit.p
 METHODS = ("identity", "exponential", "optimal")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m infalign_jax.main", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m infalign_jax.main", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--procedure", default="bon:4", help=f"deployed procedure, one of {sorted(EVAL_PROCEDURES)}"
     )
