@@ -2,8 +2,7 @@
 
 Every CLI in the package wraps its ``main`` with :func:`run_main`. Library code raises :class:`UsageError`
 (a ``ValueError``) for invalid user input — bad specs, configs, files — so notebooks see a normal exception
-and
-shells see ``error: <message>`` on stderr with exit status 2.
+and shells see ``error: <message>`` on stderr with exit status 2.
 """
 
 from __future__ import annotations
