@@ -20,19 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from infalign_jax.cli import UsageError, run_main
+from infalign_jax.cli import ArgumentParser, UsageError, run_main
 from infalign_jax.sampling import Sampler, SamplingConfig
 
 GEMMA_SHORTCUT = "gemma3-270m"  # = infalign_jax.models.GEMMA3_270M
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse errors become UsageError -> "error: ..." and exit 2
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m infalign_jax.sample", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m infalign_jax.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help=f"HF directory, .gguf file or {GEMMA_SHORTCUT!r}")
     p.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
