@@ -99,6 +99,8 @@ def generate(
     """Samples ``n`` continuations of each of the B left-padded prompts (pure; call it under ``jax.jit``).
 
     model: a :mod:`infalign_jax.models` Transformer (``prefill`` / ``init_sample_cache`` / ``decode_step``).
+      ``init_sample_cache(B, m)`` is called with the stage sizes m <= max_new_tokens of :func:`cache_stages`;
+      ``decode_step`` must accept such caches (it writes slot ``step`` < m and masks slots >= step).
     prompt_bt, prompt_mask_bt: int32 [B, T] left-padded prompts and mask (1 = real token; >= 1 per row).
     keys_b: typed PRNG keys [B], one per prompt (e.g. ``jax.random.split``); greedy ignores them.
     eos_ids: int32 [E] tokens that end a sequence (may be traced; entries < 0 never match); ``()`` disables
