@@ -115,8 +115,7 @@ def _mirror_ascent(procedure: Procedure, beta, u_m, logw_c, max_iter: int, tol):
     """
     log_h_c = jnp.log(cell_widths(u_m))
 
-    def evaluate(logw):
-        w = jnp.exp(logw)
+    def evaluate(logw, w):
         win, phi = jax.value_and_grad(inference_win_rate, argnums=1)(procedure, w, u_m)
         objective = win - beta * jnp.sum(w * (logw - log_h_c))
         r = phi - beta * (logw - log_h_c)
@@ -127,9 +126,13 @@ def _mirror_ascent(procedure: Procedure, beta, u_m, logw_c, max_iter: int, tol):
 
     def body(state):
         eta = state["eta"]
-        target = jax.nn.log_softmax(state["phi"] / beta + log_h_c)
-        cand = jax.nn.log_softmax((1.0 - eta) * state["logw"] + eta * target)
-        objective, phi, res = evaluate(cand)
+        # log_softmax((1 − η) log p + η (Φ/β + log h)) with a single exp: the normalized masses come with it.
+        z = (1.0 - eta) * state["logw"] + eta * (state["phi"] / beta + log_h_c)
+        z = z - jnp.max(z)
+        e = jnp.exp(z)
+        total = jnp.sum(e)
+        cand = z - jnp.log(total)
+        objective, phi, res = evaluate(cand, e / total)
         old = state["objective"]
         accept = (objective > old) | ((res < state["res"]) & (objective > old - 1e-12))
         step = cand - state["logw"]
@@ -146,7 +149,7 @@ def _mirror_ascent(procedure: Procedure, beta, u_m, logw_c, max_iter: int, tol):
             "it": state["it"] + 1,
         }
 
-    objective, phi, res = evaluate(logw_c)
+    objective, phi, res = evaluate(logw_c, jnp.exp(logw_c))
     state = {
         "logw": logw_c,
         "objective": objective,
