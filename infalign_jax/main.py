@@ -23,10 +23,10 @@ import jax
 from infalign_jax.analytic import command as analytic_command
 from infalign_jax.analytic.plotting import figure_png_bytes, frontier_figure
 from infalign_jax.analytic.solver import DEFAULT_CELLS, as_procedure
-from infalign_jax.cli import ArgumentParser, UsageError, run_main
+from infalign_jax.cli import ArgumentParser, UsageError, load_config_file, run_main
 from infalign_jax.ctrl.bandit import EVAL_PROCEDURES
 from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
-from infalign_jax.train import load_config_file, train
+from infalign_jax.train import train
 
 BANDIT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ctrl_bandit.py"
 METHODS = ("identity", "exponential", "optimal")

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from infalign_jax.cli import UsageError, run_main
+from infalign_jax.cli import UsageError, parse_config_flags, run_main
 from infalign_jax.io_utils import atomic_write_json
 
 EXPORT, CHECKPOINTS, TOKENIZER = "export", "checkpoints", "tokenizer"
@@ -375,37 +375,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
     return results
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file (as ``--config`` would load it)."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, flag_values=fv)
-    fv(["sft"])
-    return fv.config
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
     from absl import flags
-    from ml_collections import config_flags
 
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, "SFT config file (configs/sft_hh_tiny.py)", flag_values=fv
+    def define(fv):
+        flags.DEFINE_string(
+            "workdir", None, "output directory (default: the config's workdir)", flag_values=fv
+        )
+        flags.DEFINE_bool("overwrite", False, "replace a finished run in workdir", flag_values=fv)
+
+    config, fv = parse_config_flags(
+        argv, prog="python -m infalign_jax.sft", example="configs/sft_hh_tiny.py", define_flags=define
     )
-    flags.DEFINE_string("workdir", None, "output directory (default: the config's workdir)", flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "replace a finished run in workdir", flag_values=fv)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        fv(["python -m infalign_jax.sft", *argv])
-        config = fv.config
-    except (flags.Error, FileNotFoundError, AttributeError, KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"bad arguments: {e}") from e
-    if config is None:
-        raise UsageError("--config is required (e.g. --config configs/sft_hh_tiny.py)")
     results = train(config, fv.workdir, fv.overwrite)
     summary = {k: v for k, v in results.items() if k != "samples"}
     print(json.dumps(summary, indent=2))

@@ -11,7 +11,6 @@ Invalid configs fail before anything runs (status 2). Outputs: ``W/metrics.jsonl
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import sys
 import time
@@ -117,17 +116,6 @@ def _mesh(config):
         return make_mesh(data, fsdp, jax.devices()[:n])
     except ValueError as e:
         raise UsageError(str(e)) from e
-
-
-def load_config_file(path: str | Path) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file (what ``--config PATH`` loads), for library use and tests."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def host_tree(tree):

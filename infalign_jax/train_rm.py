@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from infalign_jax.cli import UsageError, run_main
+from infalign_jax.cli import UsageError, parse_config_flags, run_main
 from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
 from infalign_jax.metrics_log import MetricsWriter
 from infalign_jax.reward.bradley_terry import (
@@ -51,23 +50,17 @@ def parse_args(argv: Sequence[str] | None):
     """``(config, workdir)`` from ``--config FILE [--workdir W] [--config.a.b=v ...]``; bad input →
     UsageError."""
     from absl import flags
-    from ml_collections import config_flags
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "ml_collections config file", flag_values=fv)
-    flags.DEFINE_string("workdir", None, "output directory (default: config.workdir)", flag_values=fv)
+    def define(fv):
+        flags.DEFINE_string("workdir", None, "output directory (default: config.workdir)", flag_values=fv)
+
+    config, fv = parse_config_flags(
+        argv, prog="python -m infalign_jax.train_rm", example="configs/rm_hh_harmless.py", define_flags=define
+    )
     try:
-        fv(["train_rm", *argv])
-        config = fv.config
-        if config is None:
-            raise UsageError("--config is required (e.g. --config configs/rm_hh_harmless.py)")
-        default_workdir = config.workdir  # touching the config surfaces its load errors
-        workdir = Path(fv.workdir or default_workdir)
-    except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
-        if isinstance(e, UsageError):
-            raise
-        raise UsageError("bad arguments or config: " + " ".join(str(e).split())) from e
+        workdir = Path(fv.workdir or config.workdir)
+    except AttributeError as e:
+        raise UsageError(f"bad config: {e}") from e
     return config, workdir
 
 

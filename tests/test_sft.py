@@ -11,9 +11,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from infalign_jax.cli import UsageError, run_main
+from infalign_jax.cli import load_config_file as load_config
 from infalign_jax.data.hh import build_hh
 from infalign_jax.models import from_pretrained
-from infalign_jax.sft import load_checkpoint, load_config, main, masked_lm_loss, train
+from infalign_jax.sft import load_checkpoint, main, masked_lm_loss, train
 from infalign_jax.tokenizer_train import train_hh_tokenizer
 
 
