@@ -111,7 +111,8 @@ def _mirror_ascent(procedure: Procedure, beta, u_m, logw_c, max_iter: int, tol):
     accepted if J increases — or, once J is flat to rounding near the optimum, if the residual shrinks; η then
     grows by 1.5 (at most 1) unless the step reversed direction (an oscillating mode: η halves); a rejected
     step halves η. Stops when the residual span(Φ − β log(p/h)) < ``tol`` or after ``max_iter`` steps.
-    Returns (log w, Φ, iterations, residual).
+    The starting point is evaluated by the loop's first pass (a step with η = 0, always accepted), so the
+    compiled program holds ONE copy of the win-rate gradient. Returns (log w, Φ, iterations, residual).
     """
     log_h_c = jnp.log(cell_widths(u_m))
 
@@ -122,10 +123,11 @@ def _mirror_ascent(procedure: Procedure, beta, u_m, logw_c, max_iter: int, tol):
         return objective, phi, jnp.max(r) - jnp.min(r)
 
     def cond(state):
-        return (state["res"] > tol) & (state["it"] < max_iter)
+        return (state["res"] > tol) & (state["it"] <= max_iter)
 
     def body(state):
-        eta = state["eta"]
+        first = state["it"] == 0
+        eta = jnp.where(first, 0.0, state["eta"])
         # log_softmax((1 − η) log p + η (Φ/β + log h)) with a single exp: the normalized masses come with it.
         z = (1.0 - eta) * state["logw"] + eta * (state["phi"] / beta + log_h_c)
         z = z - jnp.max(z)
@@ -134,7 +136,7 @@ def _mirror_ascent(procedure: Procedure, beta, u_m, logw_c, max_iter: int, tol):
         cand = z - jnp.log(total)
         objective, phi, res = evaluate(cand, e / total)
         old = state["objective"]
-        accept = (objective > old) | ((res < state["res"]) & (objective > old - 1e-12))
+        accept = first | (objective > old) | ((res < state["res"]) & (objective > old - 1e-12))
         step = cand - state["logw"]
         reversed_ = jnp.sum(step * state["step"]) < 0  # oscillation: damp even though the step is accepted
         grow = jnp.where(reversed_, 0.5 * eta, jnp.minimum(1.0, 1.5 * eta))
@@ -145,22 +147,22 @@ def _mirror_ascent(procedure: Procedure, beta, u_m, logw_c, max_iter: int, tol):
             "phi": pick(phi, state["phi"]),
             "res": pick(res, state["res"]),
             "step": pick(step, state["step"]),
-            "eta": jnp.where(accept, grow, 0.5 * eta),
+            "eta": jnp.where(first, 1.0, jnp.where(accept, grow, 0.5 * eta)),
             "it": state["it"] + 1,
         }
 
-    objective, phi, res = evaluate(logw_c, jnp.exp(logw_c))
+    scalar = jnp.zeros_like(beta)
     state = {
         "logw": logw_c,
-        "objective": objective,
-        "phi": phi,
-        "res": res,
-        "eta": jnp.ones_like(beta),
+        "objective": scalar - jnp.inf,
+        "phi": jnp.zeros_like(logw_c),
+        "res": scalar + jnp.inf,
+        "eta": scalar,
         "step": jnp.zeros_like(logw_c),
+        "it": jnp.asarray(0),
     }
-    state["it"] = jnp.asarray(0)
     state = jax.lax.while_loop(cond, body, state)
-    return state["logw"], state["phi"], state["it"], state["res"]
+    return state["logw"], state["phi"], state["it"] - 1, state["res"]
 
 
 def optimal_policy(
@@ -181,6 +183,10 @@ def optimal_policy(
     if logw0_c is None:
         logw0_c = jnp.log(cell_widths(u_m))
     logw, phi, it, res = _mirror_ascent(procedure, beta, u_m, logw0_c, max_iter, tol)
+    return _solution(procedure, beta, u_m, logw, phi, it + iterations_before, res)
+
+
+def _solution(procedure, beta, u_m, logw, phi, iterations, residual) -> OptimalSolution:
     w = jnp.exp(logw)
     return OptimalSolution(
         u_c=cell_midpoints(u_m),
@@ -189,68 +195,77 @@ def optimal_policy(
         beta=beta,
         win_rate=inference_win_rate(procedure, w, u_m),
         kl=kl_to_reference(w, u_m),
-        iterations=it + iterations_before,
-        residual=res,
+        iterations=iterations,
+        residual=residual,
     )
 
 
-def _match_log_beta(kl_of_log_beta, kl_target, steps: int, carry0=None):
+def _match_log_beta(kl_of_log_beta, kl_target, steps: int, carry0):
     """Solves KL(β) = ``kl_target`` for log β (KL decreasing in β) by a safeguarded secant method on
     y = log KL − log target: secant steps, bisection once the root is bracketed and the secant leaves the
     bracket, growing steps (≥ 1 in log β) until it is; clamped to LOG_BETA_RANGE. ``kl_of_log_beta(x, carry)``
     returns (KL, carry) so a solver can warm-start from its previous iterate. Returns (log β, carry) of the
-    best point seen (smallest |y|); log KL is nearly linear in log β, so ~10 steps reach 1e-12.
+    best point seen (smallest |y|) and the last carry; log KL is nearly linear in log β, so ~10 steps reach
+    1e-12. One ``lax.while_loop`` evaluates every point (the two starting points are its first two passes),
+    so the evaluation is compiled once; it stops after ``steps`` secant steps or once |y| ≤ 1e-13.
     """
     lo_limit, hi_limit = LOG_BETA_RANGE
     log_target = jnp.log(kl_target)
+    inf = jnp.asarray(jnp.inf, jnp.float64)
 
-    def evaluate(x, carry):
-        kl, carry = kl_of_log_beta(x, carry)
-        return jnp.log(jnp.maximum(kl, 1e-300)) - log_target, carry
+    def cond(state):
+        return (state["s"] < steps + 2) & (jnp.abs(state["best_y"]) > 1e-13)
 
-    def bracket(lo, hi, x, y):
-        return jnp.where(y > 0, jnp.maximum(lo, x), lo), jnp.where(y <= 0, jnp.minimum(hi, x), hi)
-
-    def body(_, state):
-        x0, y0, x1, y1, lo, hi, best_x, best_y, carry = state
+    def body(state):
+        s, x0, y0, x1, y1, lo, hi = (state[k] for k in ("s", "x0", "y0", "x1", "y1", "lo", "hi"))
         slope = (y1 - y0) / jnp.where(x1 == x0, 1.0, x1 - x0)
         usable = (slope < 0) & jnp.isfinite(slope)
         secant = x1 - y1 / jnp.where(usable, slope, -1.0)
         bracketed = jnp.isfinite(lo) & jnp.isfinite(hi)
         inside = (secant > lo) & (secant < hi)
         expand = x1 + jnp.where(y1 > 0, 1.0, -1.0) * jnp.maximum(1.0, jnp.abs(x1 - x0))
-        x2 = jnp.where(usable & inside, secant, jnp.where(bracketed, 0.5 * (lo + hi), expand))
-        x2 = jnp.where(best_y == 0, best_x, jnp.clip(x2, lo_limit, hi_limit))
-        y2, carry = evaluate(x2, carry)
-        lo, hi = bracket(lo, hi, x2, y2)
-        better = jnp.abs(y2) < jnp.abs(best_y)
-        best_x, best_y = jnp.where(better, x2, best_x), jnp.where(better, y2, best_y)
-        return x1, y1, x2, y2, lo, hi, best_x, best_y, carry
+        x = jnp.where(usable & inside, secant, jnp.where(bracketed, 0.5 * (lo + hi), expand))
+        x = jnp.clip(x, lo_limit, hi_limit)
+        x = jnp.where(s == 0, math.log(0.3), jnp.where(s == 1, x1 + jnp.where(y1 > 0, 0.5, -0.5), x))
+        kl, carry = kl_of_log_beta(x, state["carry"])
+        y = jnp.log(jnp.maximum(kl, 1e-300)) - log_target
+        better = jnp.abs(y) < jnp.abs(state["best_y"])
+        pick = lambda new, old: jnp.where(better, new, old)
+        return {
+            "s": s + 1,
+            "x0": x1,
+            "y0": y1,
+            "x1": x,
+            "y1": y,
+            "lo": jnp.where(y > 0, jnp.maximum(lo, x), lo),
+            "hi": jnp.where(y <= 0, jnp.minimum(hi, x), hi),
+            "best_x": pick(x, state["best_x"]),
+            "best_y": pick(y, state["best_y"]),
+            "carry": carry,
+            "best_carry": jax.tree.map(pick, carry, state["best_carry"]),
+        }
 
-    x0 = jnp.asarray(math.log(0.3), jnp.float64)
-    y0, carry = evaluate(x0, carry0)
-    x1 = x0 + jnp.where(y0 > 0, 0.5, -0.5)
-    y1, carry = evaluate(x1, carry)
-    inf = jnp.asarray(jnp.inf, jnp.float64)
-    lo, hi = bracket(*bracket(-inf, inf, x0, y0), x1, y1)
-    best = jnp.abs(y1) < jnp.abs(y0)
-    state = (x0, y0, x1, y1, lo, hi, jnp.where(best, x1, x0), jnp.where(best, y1, y0), carry)
-    state = jax.lax.fori_loop(0, steps, body, state)
-    return state[6], state[8]
+    zero = jnp.zeros((), jnp.float64)
+    state = {"s": jnp.asarray(0), "x0": zero, "y0": zero, "x1": zero, "y1": zero, "lo": -inf, "hi": inf}
+    state.update(best_x=zero, best_y=inf, carry=carry0, best_carry=carry0)
+    state = jax.lax.while_loop(cond, body, state)
+    return state["best_x"], state["best_carry"], state["carry"]
 
 
 def _optimal_at_kl(procedure, kl, u_m, max_iter, tol) -> OptimalSolution:
+    """The optimal policy at KL budget ``kl``: the secant in log β over mirror-ascent solves, each
+    warm-started from the previous one; the solution at the best β is carried along (no final re-solve)."""
     logw0 = jnp.log(cell_widths(u_m))
+    zero = jnp.zeros((), jnp.float64)
 
     def kl_of(log_beta, carry):
-        logw, total = carry
-        logw, _, it, _ = _mirror_ascent(procedure, jnp.exp(log_beta), u_m, logw, max_iter, tol)
-        return kl_to_reference(jnp.exp(logw), u_m), (logw, total + it)
+        logw, _, _, total = carry
+        logw, phi, it, res = _mirror_ascent(procedure, jnp.exp(log_beta), u_m, logw, max_iter, tol)
+        return kl_to_reference(jnp.exp(logw), u_m), (logw, phi, res, total + it)
 
-    log_beta, (logw, total) = _match_log_beta(kl_of, kl, MATCH_STEPS, (logw0, jnp.asarray(0)))
-    return optimal_policy(
-        procedure, jnp.exp(log_beta), u_m, logw, max_iter=max_iter, tol=tol, iterations_before=total
-    )
+    carry0 = (logw0, jnp.zeros_like(logw0), zero, jnp.asarray(0))
+    log_beta, (logw, phi, res, _), last = _match_log_beta(kl_of, kl, MATCH_STEPS, carry0)
+    return _solution(procedure, jnp.exp(log_beta), u_m, logw, phi, last[3], res)
 
 
 def _exponential_at_beta(procedure, t, beta, u_m):
@@ -259,11 +274,13 @@ def _exponential_at_beta(procedure, t, beta, u_m):
 
 
 def _exponential_at_kl(procedure, t, kl, u_m) -> ExponentialPoint:
-    kl_of = lambda log_beta, carry: (_exponential_at_beta(procedure, t, jnp.exp(log_beta), u_m)[1], carry)
-    log_beta, _ = _match_log_beta(kl_of, kl, MATCH_STEPS)
-    beta = jnp.exp(log_beta)
-    win, kl_value = _exponential_at_beta(procedure, t, beta, u_m)
-    return ExponentialPoint(t=jnp.asarray(t, jnp.float64), beta=beta, win_rate=win, kl=kl_value)
+    def kl_of(log_beta, carry):
+        win, kl_value = _exponential_at_beta(procedure, t, jnp.exp(log_beta), u_m)
+        return kl_value, (win, kl_value)
+
+    zero = jnp.zeros((), jnp.float64)
+    log_beta, (win, kl_value), _ = _match_log_beta(kl_of, kl, MATCH_STEPS, (zero, zero))
+    return ExponentialPoint(t=jnp.asarray(t, jnp.float64), beta=jnp.exp(log_beta), win_rate=win, kl=kl_value)
 
 
 def _best_exponential_at_kl(procedure, kl, u_m, num_t: int = 41, golden_steps: int = 32) -> ExponentialPoint:
@@ -278,15 +295,17 @@ def _best_exponential_at_kl(procedure, kl, u_m, num_t: int = 41, golden_steps: i
     def golden(_, ab):
         a, b = ab
         c, d = b - ratio * (b - a), a + ratio * (b - a)
-        left = win_at(c) >= win_at(d)
+        win_c, win_d = jax.vmap(win_at)(jnp.stack([c, d]))  # one compiled copy for both points
+        left = win_c >= win_d
         return jnp.where(left, a, c), jnp.where(left, d, b)
 
     ab = (t_grid[jnp.maximum(best - 1, 0)], t_grid[jnp.minimum(best + 1, num_t - 1)])
     a, b = jax.lax.fori_loop(0, golden_steps, golden, ab)
-    refined = _exponential_at_kl(procedure, 0.5 * (a + b), kl, u_m)
-    coarse = _exponential_at_kl(procedure, t_grid[best], kl, u_m)
-    keep = refined.win_rate >= coarse.win_rate
-    return jax.tree.map(lambda r, c: jnp.where(keep, r, c), refined, coarse)
+    both = jax.vmap(lambda t: _exponential_at_kl(procedure, t, kl, u_m))(
+        jnp.stack([0.5 * (a + b), t_grid[best]])
+    )
+    keep = both.win_rate[0] >= both.win_rate[1]
+    return jax.tree.map(lambda x: jnp.where(keep, x[0], x[1]), both)
 
 
 _STATIC = ("static", "num_cells", "max_iter")
