@@ -18,14 +18,13 @@ chunk holding it is not stored.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 
-from infalign_jax.cli import UsageError, run_main
+from infalign_jax.cli import UsageError, parse_config_flags, run_main
 from infalign_jax.ctrl.hh import HHComponents, chunked_rewards, load_components, table_meta
 from infalign_jax.ctrl.table import CalibrationTableWriter
 
@@ -84,30 +83,19 @@ def build_table(
 
 def main(argv: Sequence[str] | None = None) -> int:
     from absl import flags
-    from ml_collections import config_flags
 
-    argv = ["python -m infalign_jax.calibrate", *(sys.argv[1:] if argv is None else argv)]
-    fv = flags.FlagValues()
-    # sys_argv: the --config.x=... overrides are read from these arguments (not from sys.argv).
-    config_flags.DEFINE_config_file(
-        "config", None, "CTRL config file (configs/ctrl_hh_harmless.py)", flag_values=fv, sys_argv=argv
+    config, fv = parse_config_flags(
+        argv,
+        prog="python -m infalign_jax.calibrate",
+        example="configs/ctrl_hh_harmless.py",
+        define_flags=lambda fv: flags.DEFINE_string(
+            "workdir", None, "table directory (default: the config's hh.table_dir)", flag_values=fv
+        ),
     )
-    flags.DEFINE_string(
-        "workdir", None, "table directory (default: the config's hh.table_dir)", flag_values=fv
-    )
-    try:
-        fv(argv)
-        config = fv.config
-        if config is None:
-            raise UsageError("--config is required (e.g. --config configs/ctrl_hh_harmless.py)")
-        if config.get("problem") != "hh" or "hh" not in config:
-            raise UsageError(
-                f"calibrate builds tables for problem 'hh', the config has {config.get('problem')!r}"
-            )
-    except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
-        if isinstance(e, UsageError):
-            raise
-        raise UsageError("bad arguments or config: " + " ".join(str(e).split())) from e
+    if config.get("problem") != "hh" or "hh" not in config:
+        raise UsageError(
+            f"calibrate builds tables for problem 'hh', the config has {config.get('problem')!r}"
+        )
     summary = build_table(config, fv.workdir, progress=bool(config.progress))
     print(json.dumps(summary))
     return 0

@@ -15,11 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infalign_jax.cli import UsageError, run_main
+from infalign_jax.cli import UsageError, load_config_file, run_main
 from infalign_jax.ctrl import hh
 from infalign_jax.ctrl.table import load_table
 from infalign_jax.reward import RewardSpec, build_reward_model, save_reward_model
-from infalign_jax.train import load_config_file
 
 SMALL = {
     "num_steps": 2,
@@ -217,13 +216,12 @@ def test_missing_artifacts_name_the_command(parts, repo_root, tmp_path):
         hh.open_table(cfg, [0, 1])
 
 
-def test_two_ctrl_steps_end_to_end(parts, table_dir, repo_root, tmp_path, monkeypatch):
+def test_two_ctrl_steps_end_to_end(parts, table_dir, repo_root, tmp_path):
     from infalign_jax import train
     from infalign_jax.ctrl.checkpoint import RunCheckpointer
     from infalign_jax.models import from_pretrained
 
-    monkeypatch.setitem(train.PROBLEMS, "hh", hh.build_problem)
-    wd = tmp_path / "run"
+    wd = tmp_path / "run"  # through the trainer's task registry: config.problem = "hh"
     train.train(make_config(repo_root, overrides(parts, table_dir, **{"hh.eval_samples": 0})), wd)
     rows = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
