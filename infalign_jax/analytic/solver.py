@@ -283,29 +283,58 @@ def _exponential_at_kl(procedure, t, kl, u_m) -> ExponentialPoint:
     return ExponentialPoint(t=jnp.asarray(t, jnp.float64), beta=jnp.exp(log_beta), win_rate=win, kl=kl_value)
 
 
-def _best_exponential_at_kl(procedure, kl, u_m, num_t: int = 41, golden_steps: int = 32) -> ExponentialPoint:
-    """Coarse search over t (sinh-spaced in [−T_RANGE, T_RANGE], t = 0 included), then a golden-section search
-    between the best grid point's neighbours. Every candidate t is matched to the KL budget by bisection."""
+def _exponential_search(procedure, kl, t_fixed, search, u_m, num_t: int = 41, golden_steps: int = 32):
+    """The exponential transform Φ_t at KL budget ``kl``: with ``search`` (traced bool) the best t — a coarse
+    grid over t (sinh-spaced in [−T_RANGE, T_RANGE], t = 0 included), then a golden-section search between
+    the best grid point's neighbours, then the better of the bracket's midpoint and the best grid point —
+    else simply t = ``t_fixed``. Every candidate t is matched to the KL budget by the secant in log β.
+
+    One ``lax.while_loop`` whose every pass matches a PAIR of t values (vmapped): passes 0 … ⌈num_t/2⌉ − 1
+    scan the grid, the next ``golden_steps`` passes are golden-section steps, the last pass is the final
+    comparison (fixed t: a single pass). So the compiled program holds one copy of the KL match, shared by
+    :func:`best_exponential`, :func:`exponential_at_kl` and :func:`identity_at_kl`.
+    """
     s = jnp.linspace(-1.0, 1.0, num_t)
     t_grid = T_RANGE * jnp.sinh(5.0 * s) / jnp.sinh(5.0)
-    win_at = lambda t: _exponential_at_kl(procedure, t, kl, u_m).win_rate
-    best = jnp.argmax(jax.vmap(win_at)(t_grid))
+    coarse = (num_t + 1) // 2
+    t_pad = jnp.concatenate([t_grid, t_grid[-1:]])  # an even number of grid points (the last repeated)
+    last = coarse + golden_steps
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    match = jax.vmap(lambda t: _exponential_at_kl(procedure, t, kl, u_m))
 
-    def golden(_, ab):
-        a, b = ab
+    def cond(state):
+        return state["i"] < jnp.where(search, last + 1, 1)
+
+    def body(state):
+        i = state["i"]
+        best = jnp.argmax(state["wins"][:num_t])
+        start = i == coarse  # the grid is scanned: bracket its best point
+        a = jnp.where(start, t_grid[jnp.maximum(best - 1, 0)], state["a"])
+        b = jnp.where(start, t_grid[jnp.minimum(best + 1, num_t - 1)], state["b"])
         c, d = b - ratio * (b - a), a + ratio * (b - a)
-        win_c, win_d = jax.vmap(win_at)(jnp.stack([c, d]))  # one compiled copy for both points
-        left = win_c >= win_d
-        return jnp.where(left, a, c), jnp.where(left, d, b)
+        pair = jax.lax.dynamic_slice(t_pad, (2 * jnp.minimum(i, coarse - 1),), (2,))
+        pair = jnp.where(
+            i < coarse, pair, jnp.where(i < last, jnp.stack([c, d]), jnp.stack([0.5 * (a + b), t_grid[best]]))
+        )
+        pair = jnp.where(search, pair, jnp.stack([t_fixed, t_fixed]))
+        points = match(pair)
+        win = points.win_rate
+        scanned = jax.lax.dynamic_update_slice(state["wins"], win, (2 * jnp.minimum(i, coarse - 1),))
+        golden = (i >= coarse) & (i < last)
+        left = win[0] >= win[1]
+        keep = jnp.where(left, 0, 1)  # the final comparison: the bracket midpoint unless the grid point wins
+        return {
+            "i": i + 1,
+            "wins": jnp.where(i < coarse, scanned, state["wins"]),
+            "a": jnp.where(golden & ~left, c, a),
+            "b": jnp.where(golden & left, d, b),
+            "result": jax.tree.map(lambda x: x[keep], points),
+        }
 
-    ab = (t_grid[jnp.maximum(best - 1, 0)], t_grid[jnp.minimum(best + 1, num_t - 1)])
-    a, b = jax.lax.fori_loop(0, golden_steps, golden, ab)
-    both = jax.vmap(lambda t: _exponential_at_kl(procedure, t, kl, u_m))(
-        jnp.stack([0.5 * (a + b), t_grid[best]])
-    )
-    keep = both.win_rate[0] >= both.win_rate[1]
-    return jax.tree.map(lambda x: jnp.where(keep, x[0], x[1]), both)
+    zero = jnp.zeros((), jnp.float64)
+    point = ExponentialPoint(t=zero, beta=zero, win_rate=zero, kl=zero)
+    state = {"i": jnp.asarray(0), "wins": jnp.zeros(2 * coarse), "a": zero, "b": zero, "result": point}
+    return jax.lax.while_loop(cond, body, state)["result"]
 
 
 _STATIC = ("static", "num_cells", "max_iter")
@@ -331,15 +360,11 @@ def _exponential_beta_batch(static, dynamic, t_b, beta_b, num_cells):
 
 
 @functools.partial(jax.jit, static_argnames=("static", "num_cells"))
-def _exponential_kl_batch(static, dynamic, t_b, kl_b, num_cells):
+def _exponential_search_batch(static, dynamic, t_b, kl_b, search_b, num_cells):
     procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
-    return jax.vmap(lambda t, kl: _exponential_at_kl(procedure, t, kl, u_m))(t_b, kl_b)
-
-
-@functools.partial(jax.jit, static_argnames=("static", "num_cells"))
-def _best_exponential_batch(static, dynamic, kl_b, num_cells):
-    procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
-    return jax.vmap(lambda kl: _best_exponential_at_kl(procedure, kl, u_m))(kl_b)
+    return jax.vmap(lambda t, kl, search: _exponential_search(procedure, kl, t, search, u_m))(
+        t_b, kl_b, search_b
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -464,7 +489,9 @@ def exponential_at_kl(procedure, t, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoi
     kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
     t_b = np.broadcast_to(np.asarray(t, np.float64), kl_b.shape)
     static, dynamic = _split(procedure)
-    result = _exponential_kl_batch(static, dynamic, t_b, kl_b, _check_grid(grid))
+    result = _exponential_search_batch(
+        static, dynamic, t_b, kl_b, np.zeros(kl_b.shape, bool), _check_grid(grid)
+    )
     _check_matched(result.kl, kl_b, procedure, "exponential")
     return _unbatch(result, scalar)
 
@@ -484,7 +511,8 @@ def best_exponential(procedure, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
     procedure = as_procedure(procedure)
     kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
     static, dynamic = _split(procedure)
-    result = _best_exponential_batch(static, dynamic, kl_b, _check_grid(grid))
+    t_b, search_b = np.zeros_like(kl_b), np.ones(kl_b.shape, bool)
+    result = _exponential_search_batch(static, dynamic, t_b, kl_b, search_b, _check_grid(grid))
     _check_matched(result.kl, kl_b, procedure, "best exponential")
     return _unbatch(result, scalar)
 
