@@ -243,3 +243,20 @@ def _exit_code(main, args) -> int:
     with pytest.raises(SystemExit) as e:
         run_main(main, args)
     return e.value.code or 0
+
+
+def test_sample_and_score_on_a_data_mesh_equals_one_device(components):
+    """The batch sharded over 2 devices ('data' axis, as the trainer shards it): the same K samples and
+    rewards as unsharded (the host re-tokenization callback sees the gathered batch)."""
+    from infalign_jax.ctrl.train_step import batch_sharding
+    from infalign_jax.mesh import make_mesh
+
+    c = components
+    batch = c.prompts.rows(np.arange(4))
+    rng = jax.random.key_data(jax.random.key(3))
+    want = np.asarray(c.rewards_fn(c.params, c.env, batch, rng, k=4))
+    mesh = make_mesh(2, 1, jax.devices()[:2])
+    sharded = jax.device_put(batch, batch_sharding(batch, mesh))
+    got = c.rewards_fn(c.params, c.env, sharded, rng, k=4)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    assert np.std(want) > 0
