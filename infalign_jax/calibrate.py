@@ -25,7 +25,13 @@ from pathlib import Path
 import jax
 
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
-from infalign_jax.ctrl.hh import HHComponents, chunked_rewards, load_components, table_meta
+from infalign_jax.ctrl.hh import (
+    HHComponents,
+    chunked_rewards,
+    load_components,
+    require_artifacts,
+    table_meta,
+)
 from infalign_jax.ctrl.table import CalibrationTableWriter
 
 
@@ -39,6 +45,7 @@ def build_table(
     k, chunk = int(config.num_ref), int(config.hh.calibration_batch_prompts)
     if chunk < 1:
         raise UsageError(f"hh.calibration_batch_prompts must be >= 1, got {chunk}")
+    require_artifacts(config)
     meta = {**table_meta(config), "batch_prompts": chunk}
     writer = CalibrationTableWriter(table_dir, k, meta=meta)
     stale = {key: (writer.meta.get(key), v) for key, v in meta.items() if writer.meta.get(key) != v}

@@ -54,6 +54,18 @@ class HHComponents:
     rewards_fn: Callable[..., jax.Array]
 
 
+def require_artifacts(config) -> tuple[Path, Path]:
+    """(policy dir, reward-model dir) of ``config.hh``; a missing one is a UsageError naming its command."""
+    policy_dir, rm_dir = Path(config.hh.policy_path), Path(config.hh.rm_workdir)
+    if not (policy_dir / "config.json").exists():
+        raise UsageError(
+            f"no SFT policy export at {policy_dir} (config.json missing); run `{SFT_COMMAND}` first"
+        )
+    if not (rm_dir / "rm_spec.json").exists():
+        raise UsageError(f"no reward model at {rm_dir} (rm_spec.json missing); run `{RM_COMMAND}` first")
+    return policy_dir, rm_dir
+
+
 def load_components(config) -> HHComponents:
     """Loads the SFT policy, the reward model and the prompt set named by ``config.hh`` (clear errors if the
     SFT export or the reward model do not exist yet, naming the command that makes them)."""
@@ -63,14 +75,7 @@ def load_components(config) -> HHComponents:
     from infalign_jax.reward import load_reward_model
 
     h = config.hh
-    policy_dir = Path(h.policy_path)
-    if not (policy_dir / "config.json").exists():
-        raise UsageError(
-            f"no SFT policy export at {policy_dir} (config.json missing); run `{SFT_COMMAND}` first"
-        )
-    rm_dir = Path(h.rm_workdir)
-    if not (rm_dir / "rm_spec.json").exists():
-        raise UsageError(f"no reward model at {rm_dir} (rm_spec.json missing); run `{RM_COMMAND}` first")
+    policy_dir, rm_dir = require_artifacts(config)
     if h.num_prompts < 1 or h.max_prompt_len < 2 or h.max_new_tokens < 1:
         raise UsageError(
             "hh.num_prompts >= 1, hh.max_prompt_len >= 2 and hh.max_new_tokens >= 1 are required"
