@@ -1,14 +1,18 @@
 """Benchmark of infalign_jax.analytic against a straightforward NumPy implementation of the same computation.
 
 Same grid (1024 cells), same iteration scheme (backtracking mirror ascent with a hand-derived gradient of the
-win rate, safeguarded secant in log β, the same t grid + golden-section search), timed in the same run:
+win rate, the same stopping rule, the same warm starts; safeguarded secant in log β with the same early stop;
+the same t grid + golden-section search), timed in the same run:
 
-  * frontier: the optimal policy at 64 β values (JAX: one vmapped jit call; NumPy: a loop);
+  * frontier: the optimal policy at 64 β values (JAX: one jit call, 8 vmapped warm-started chains; NumPy:
+    the same 8 chains, one after the other, each solve warm-started from the previous one);
   * CLI job:  `python -m infalign_jax.analytic --procedure bon:4 --kl 0.25,0.5,1` (optimal, best exponential
               and identity at three KL budgets, without the figure).
 
-JAX compile time is reported separately (first call − steady-state call). Then a grid-refinement table: the
-optimal win rate at KL 1 and 2 for M = 128 … 4096 cells, and the BoN-policy win-rate error against n/(n+1).
+Wall time and CPU time (time.process_time: the machine is shared, so wall time includes waiting for a core);
+JAX and NumPy runs are interleaved, best of --repeats. JAX compile time = first call − best steady call.
+Then a grid-refinement table: the optimal win rate at KL 1 and 2 for M = 128 … 4096 cells, and the BoN-policy
+win-rate error against n/(n+1).
 
     .venv/bin/python benchmarks/analytic.py [--quick]
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import jax
@@ -46,7 +51,8 @@ class NumpyModel:
         self.n, self.worst = n, worst
         self.u_m = 0.5 * (1.0 - np.cos(np.pi * np.linspace(0.0, 1.0, cells + 1)))  # the solver's cosine grid
         self.c_c = 0.5 * (self.u_m[1:] + self.u_m[:-1])
-        self.log_h = np.log(np.diff(self.u_m))
+        self.h = np.diff(self.u_m)
+        self.log_h = np.log(self.h)
         G_b = self.T(self.u_m)
         self.mid_b = 0.5 * (G_b[1:] + G_b[:-1])
 
@@ -55,6 +61,11 @@ class NumpyModel:
 
     def dT(self, F):
         return self.n * (1.0 - F) ** (self.n - 1) if self.worst else self.n * F ** (self.n - 1)
+
+    def win(self, w):
+        cum = np.cumsum(w)
+        G = self.T(np.concatenate([[0.0], cum / cum[-1]]))
+        return float(np.sum(np.diff(G) * self.mid_b))
 
     def win_and_grad(self, w):
         cum = np.cumsum(w)
@@ -71,12 +82,6 @@ class NumpyModel:
         safe = np.where(w > 0, w, 1.0)
         return float(np.sum(np.where(w > 0, w * (np.log(safe) - self.log_h), 0.0)))
 
-    def tilt(self, phi, beta):
-        z = phi / beta + self.log_h
-        z = z - z.max()
-        e = np.exp(z)
-        return e / e.sum()
-
     def mirror_ascent(self, beta, logw, max_iter=solver.DEFAULT_MAX_ITER, tol=solver.DEFAULT_TOL):
         def evaluate(logw):
             w = np.exp(logw)
@@ -88,10 +93,11 @@ class NumpyModel:
             z = z - z.max()
             return z - np.log(np.sum(np.exp(z)))
 
+        logw = log_softmax(logw)
         obj, phi, res = evaluate(logw)
         eta, it, prev = 1.0, 0, np.zeros_like(logw)
         while res > tol and it < max_iter:
-            cand = log_softmax((1 - eta) * logw + eta * log_softmax(phi / beta + self.log_h))
+            cand = log_softmax((1 - eta) * logw + eta * (phi / beta + self.log_h))
             o, p, r = evaluate(cand)
             if o > obj or (r < res and o > obj - 1e-12):
                 step = cand - logw
@@ -108,11 +114,24 @@ class NumpyModel:
         w = np.exp(logw)
         return self.win_and_grad(w)[0], self.kl(w), logw
 
+    def frontier(self, betas, chains=8):
+        """The same warm-started chains as solver.frontier (β sorted decreasing, split into ``chains``)."""
+        order = np.argsort(-betas, kind="stable")
+        out = np.empty((len(betas), 2))
+        for chain in np.array_split(order, chains):
+            logw = None
+            for i in chain:
+                win, kl, logw = self.solve(betas[i], logw)
+                out[i] = win, kl
+        return out
+
     def match_log_beta(self, kl_of, target, steps=solver.MATCH_STEPS):
         lo_limit, hi_limit = solver.LOG_BETA_RANGE
         f = lambda x: math.log(max(kl_of(x), 1e-300)) - math.log(target)
         x0 = math.log(0.3)
         y0 = f(x0)
+        if abs(y0) <= 1e-13:
+            return x0
         x1 = x0 + (0.5 if y0 > 0 else -0.5)
         y1 = f(x1)
         lo, hi = -math.inf, math.inf
@@ -120,6 +139,8 @@ class NumpyModel:
             lo, hi = (max(lo, x), hi) if y > 0 else (lo, min(hi, x))
         best_x, best_y = (x1, y1) if abs(y1) < abs(y0) else (x0, y0)
         for _ in range(steps):
+            if abs(best_y) <= 1e-13:
+                break
             slope = (y1 - y0) / (x1 - x0) if x1 != x0 else 0.0
             usable = slope < 0 and math.isfinite(slope)
             secant = x1 - y1 / slope if usable else x1
@@ -129,7 +150,7 @@ class NumpyModel:
                 x2 = 0.5 * (lo + hi)
             else:
                 x2 = x1 + (1.0 if y1 > 0 else -1.0) * max(1.0, abs(x1 - x0))
-            x2 = best_x if best_y == 0 else min(max(x2, lo_limit), hi_limit)
+            x2 = min(max(x2, lo_limit), hi_limit)
             y2 = f(x2)
             lo, hi = (max(lo, x2), hi) if y2 > 0 else (lo, min(hi, x2))
             if abs(y2) < abs(best_y):
@@ -138,24 +159,35 @@ class NumpyModel:
         return best_x
 
     def match_kl(self, kl):
-        state = {"logw": self.log_h.copy()}
+        state = {"logw": self.log_h.copy(), "solutions": {}}
 
-        def kl_of(x):
+        def kl_of(x):  # warm start from the previous solve; keep each solution (the best one is returned)
             state["logw"] = self.mirror_ascent(math.exp(x), state["logw"])[0]
+            state["solutions"][x] = state["logw"]
             return self.kl(np.exp(state["logw"]))
 
         x = self.match_log_beta(kl_of, kl)
-        win, kl_value, _ = self.solve(math.exp(x), state["logw"])
-        return win, math.exp(x)
+        return self.win_and_grad(np.exp(state["solutions"][x]))[0], math.exp(x)
 
-    def exponential(self, t, beta):
-        phi = self.c_c if t == 0 else np.expm1(t * self.c_c) / np.expm1(t)
-        w = self.tilt(phi, beta)
-        return self.win_and_grad(w)[0], self.kl(w)
+    def exponential(self, phi, beta):
+        """W and KL of the tilt p ∝ exp(Φ/β) (KL = Σ w·Φ/β − log Z, as in the solver)."""
+        z = phi / beta
+        z = z - z.max()
+        e = np.exp(z) * self.h
+        total = e.sum()
+        w = e / total
+        return self.win(w), float(np.dot(w, z)) - math.log(total)
 
     def exponential_at_kl(self, t, kl):
-        x = self.match_log_beta(lambda x: self.exponential(t, math.exp(x))[1], kl)
-        return self.exponential(t, math.exp(x))[0], math.exp(x)
+        phi = self.c_c if t == 0 else np.expm1(t * self.c_c) / np.expm1(t)  # once per t, as in the solver
+        seen = {}
+
+        def kl_of(x):  # the win rate at the best β is kept, not recomputed
+            seen[x] = self.exponential(phi, math.exp(x))
+            return seen[x][1]
+
+        x = self.match_log_beta(kl_of, kl)
+        return seen[x][0], math.exp(x)
 
     def best_exponential(self, kl, num_t=41, golden_steps=32):
         s = np.linspace(-1.0, 1.0, num_t)
@@ -174,14 +206,41 @@ class NumpyModel:
 # ---------------------------------------------------------------- timing helpers
 
 
-def timed(fn, repeats=3):
-    times = []
+def clock():
+    """(wall, CPU) seconds; CPU = this process's user + system time (all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def run_timed(fn):
+    wall, cpu = clock()
+    out = jax.block_until_ready(fn())
+    end_wall, end_cpu = clock()
+    return (end_wall - wall, end_cpu - cpu), out
+
+
+def interleaved(jax_fn, numpy_fn, repeats):
+    """First JAX call (compile + run), then ``repeats`` rounds of (JAX, NumPy); best wall and CPU of each."""
+    first, _ = run_timed(jax_fn)
+    jax_times, np_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - start)
-    return min(times), out
+        t, jax_out = run_timed(jax_fn)
+        jax_times.append(t)
+        t, np_out = run_timed(numpy_fn)
+        np_times.append(t)
+    best = lambda ts: tuple(min(t[i] for t in ts) for i in range(2))
+    return first, best(jax_times), best(np_times), jax_out, np_out
+
+
+def report(first, jax_t, np_t):
+    compile_t = (first[0] - jax_t[0], first[1] - jax_t[1])
+    print(f"  {'':14}{'wall':>9}{'CPU':>9}")
+    print(f"  JAX compile   {compile_t[0]:9.3f}{compile_t[1]:9.3f}   (first call − steady call)")
+    print(f"  JAX run       {jax_t[0]:9.3f}{jax_t[1]:9.3f}")
+    print(f"  NumPy run     {np_t[0]:9.3f}{np_t[1]:9.3f}")
+    print(
+        f"  speed-up (compiled)  wall x{np_t[0] / jax_t[0]:.1f}   CPU x{np_t[1] / jax_t[1]:.1f};   "
+        f"including compilation: wall x{np_t[0] / first[0]:.2f}   CPU x{np_t[1] / first[1]:.2f}"
+    )
 
 
 def cli_job_jax(spec="bon:4", kls=KLS, grid=M):
@@ -200,31 +259,28 @@ def cli_job_numpy(n=4, kls=KLS):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer grid sizes in the refinement table")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved JAX/NumPy rounds (best of)")
+    parser.add_argument("--skip-refinement", action="store_true", help="only the timings")
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; grid M = {M} cells; float64")
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     betas = np.geomspace(0.02, 2.0, 64)
 
     # ---- frontier (64 β)
-    start = time.perf_counter()
-    jax.block_until_ready(frontier("bon:4", betas))
-    first = time.perf_counter() - start
-    t_jax, front = timed(lambda: frontier("bon:4", betas))
     model = NumpyModel(4, worst=False)
-    t_np, np_front = timed(lambda: [model.solve(b)[:2] for b in betas], repeats=1)
-    np_front = np.array(np_front)
+    first, jax_t, np_t, front, np_front = interleaved(
+        lambda: frontier("bon:4", betas), lambda: model.frontier(betas), args.repeats
+    )
+    print("\n64-point frontier (bon:4, β in [0.02, 2]; seconds)")
+    report(first, jax_t, np_t)
     agree = np.max(np.abs(np_front[:, 0] - front.win_rate))
-    print("\n64-point frontier (bon:4, β in [0.02, 2])")
-    iters = front.iterations.max()
-    print(f"  JAX   compile {first - t_jax:6.2f} s   run {t_jax:7.3f} s   (max iterations {iters})")
-    print(f"  NumPy            {'':>9}   run {t_np:7.3f} s")
-    print(f"  speed-up x{t_np / t_jax:.1f}    max |W_jax − W_numpy| = {agree:.1e}")
+    print(
+        f"  mirror-ascent steps: {int(front.iterations.sum())} in all, max {int(front.iterations.max())} "
+        f"per β;   max |W_jax − W_numpy| = {agree:.1e}"
+    )
 
     # ---- the CLI job
-    start = time.perf_counter()
-    jax.block_until_ready(cli_job_jax())
-    first = time.perf_counter() - start
-    t_jax, (opt, expo, ident) = timed(cli_job_jax)
-    t_np, np_out = timed(cli_job_numpy, repeats=1)
+    first, jax_t, np_t, (opt, expo, ident), np_out = interleaved(cli_job_jax, cli_job_numpy, args.repeats)
     agree = max(
         max(
             abs(np_out[i][0][0] - opt.win_rate[i]),
@@ -234,12 +290,12 @@ def main():
         for i in range(len(KLS))
     )
     print("\nCLI job: --procedure bon:4 --kl 0.25,0.5,1 (optimal + best exponential + identity, no figure)")
-    print(f"  JAX   compile {first - t_jax:6.2f} s   run {t_jax:7.3f} s")
-    print(f"  NumPy            {'':>9}   run {t_np:7.3f} s")
+    report(first, jax_t, np_t)
     print(
-        f"  speed-up x{t_np / t_jax:.1f} (compiled)   x{t_np / first:.1f} (including compilation)   "
-        f"max |W_jax − W_numpy| = {agree:.1e}"
+        f"  optimal: {int(opt.iterations.sum())} mirror-ascent steps;   max |W_jax − W_numpy| = {agree:.1e}"
     )
+    if args.skip_refinement:
+        return
 
     # ---- grid refinement
     grids = [128, 256, 1024] if args.quick else [128, 256, 512, 1024, 2048, 4096]

@@ -273,9 +273,22 @@ def _exponential_at_beta(procedure, t, beta, u_m):
     return inference_win_rate(procedure, w, u_m), kl_to_reference(w, u_m)
 
 
+def _tilt_win_kl(procedure, phi_c, beta, u_m):
+    """W and KL of p ∝ exp(Φ/β) from Φ at the cell midpoints: one exp per cell (softmax) and no log — on
+    the tilt log(w/h) = Φ/β − log Z, so KL = Σ w·(Φ/β) − log Z."""
+    z = phi_c / beta
+    z = z - jnp.max(z)
+    e = jnp.exp(z) * cell_widths(u_m)
+    total = jnp.sum(e)
+    w = e / total
+    return inference_win_rate(procedure, w, u_m), jnp.sum(w * z) - jnp.log(total)
+
+
 def _exponential_at_kl(procedure, t, kl, u_m) -> ExponentialPoint:
+    phi_c = exponential_transform(cell_midpoints(u_m), t)  # β does not change Φ_t: once per t
+
     def kl_of(log_beta, carry):
-        win, kl_value = _exponential_at_beta(procedure, t, jnp.exp(log_beta), u_m)
+        win, kl_value = _tilt_win_kl(procedure, phi_c, jnp.exp(log_beta), u_m)
         return kl_value, (win, kl_value)
 
     zero = jnp.zeros((), jnp.float64)
