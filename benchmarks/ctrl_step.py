@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infalign_jax.cli import load_config_file
 from infalign_jax.ctrl import train_step
 from infalign_jax.ctrl.train_step import CtrlTrainer
-from infalign_jax.train import PROBLEMS, _mesh, load_config_file, make_optimizer, step_config
+from infalign_jax.train import PROBLEMS, _mesh, make_optimizer, step_config
 
 
 def _no_calibration(rewards_ps, ref_sorted_pk, method):

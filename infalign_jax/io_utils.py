@@ -44,8 +44,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary directory that replaces ``path`` only if the block finishes without error.
 
-    The temporary directory is a sibling of ``path`` (same filesystem, so the final rename is atomic). If ``path``
-    already exists it is moved aside first and deleted only after the new directory is in place.
+    The temporary directory is a sibling of ``path`` (same filesystem, so the final rename is atomic). If
+    ``path`` already exists it is moved aside first and deleted only after the new directory is in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

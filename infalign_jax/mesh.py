@@ -1,8 +1,9 @@
 """Device meshes for data/fsdp parallelism.
 
-JAX 0.10 ``jax.make_mesh`` defaults to Explicit axis types, which breaks classic GSPMD code (e.g. ``nnx.Embed``
-gathers). All meshes here use ``AxisType.Auto`` so ``jax.jit`` + ``NamedSharding`` works unchanged from one CPU
-device to a TPU pod. Axis names: ``'data'`` (batch) and ``'fsdp'`` (parameter sharding).
+JAX 0.10 ``jax.make_mesh`` defaults to Explicit axis types, which breaks classic GSPMD code (e.g.
+``nnx.Embed`` gathers). All meshes here use ``AxisType.Auto`` so ``jax.jit`` + ``NamedSharding`` works
+unchanged from one CPU device to a TPU pod. Axis names: ``'data'`` (batch) and ``'fsdp'`` (parameter
+sharding).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run logging: TensorBoard event files (tensorboardX, no TensorFlow), a JSONL file, and a tqdm progress bar."""
+"""Run logging: TensorBoard event files (tensorboardX, no TensorFlow), a JSONL file and a tqdm bar."""
 
 from __future__ import annotations
 
@@ -22,14 +22,22 @@ def _to_float(v: Any) -> float | None:
 
 
 class MetricsWriter:
-    """Writes scalar metrics per step to ``<workdir>/metrics.jsonl`` and TensorBoard events under ``<workdir>/tb``.
+    """Writes scalar metrics per step to ``<workdir>/metrics.jsonl`` and TensorBoard events under
+    ``<workdir>/tb``.
 
-    The JSONL file is appended to (resumed runs continue it); only the main process (``jax.process_index()==0``)
-    should construct a writer with ``enabled=True``.
+    The JSONL file is appended to (resumed runs continue it); only the main process
+    (``jax.process_index() == 0``) should construct a writer with ``enabled=True``.
     """
 
-    def __init__(self, workdir: str | os.PathLike, total_steps: int | None = None, initial_step: int = 0,
-                 enabled: bool = True, desc: str = "train", progress: bool = True):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        total_steps: int | None = None,
+        initial_step: int = 0,
+        enabled: bool = True,
+        desc: str = "train",
+        progress: bool = True,
+    ):
         self.enabled = enabled
         self.workdir = Path(workdir)
         self._tb = None

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from infalign_jax.analytic.solver import exponential_at_kl
+from infalign_jax.cli import load_config_file
 from infalign_jax.ctrl import bandit
-from infalign_jax.train import load_config_file, train
+from infalign_jax.train import train
 
 KL_BUDGET = 0.3
 RUNS = {

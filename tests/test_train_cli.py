@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from infalign_jax.cli import UsageError
+from infalign_jax.cli import UsageError, load_config_file
 from infalign_jax.ctrl.checkpoint import RunCheckpointer
-from infalign_jax.train import NonFiniteError, load_config_file, step_config, train
+from infalign_jax.train import NonFiniteError, step_config, train
 
 TINY = {
     "num_steps": 400,
