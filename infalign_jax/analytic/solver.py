@@ -88,15 +88,6 @@ def _grid(num_cells: int):
     return cosine_grid(num_cells, dtype=jnp.float64)
 
 
-def functional_derivative(procedure: Procedure, w_c, u_m):
-    """δW/δp (M,): the gradient of W(T(p) ≻ T(π_ref)) with respect to the cell masses (jax autodiff).
-
-    On cell c the functional derivative of W at p is ∂W/∂w_c (w_c = p_c h_c); it is defined up to an additive
-    constant (the masses are normalized inside the CDF).
-    """
-    return jax.grad(inference_win_rate, argnums=1)(procedure, w_c, u_m)
-
-
 def _normalize_phi(phi_c, u_m):
     """Shifts Φ so that its linear extrapolation to u = 0 is 0 (Φ is defined up to a constant)."""
     c_c = cell_midpoints(u_m)
