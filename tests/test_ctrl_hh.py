@@ -113,12 +113,13 @@ def test_lm_policy_logprobs_match_sampler_and_scores_match_rm(parts, components,
     assert samples["tokens"].shape == (3, 5, 6)
     lp, mask = jax.jit(c.policy.logprobs)(c.params, batch, samples)
     # The sampler's own per-token log-probabilities (KV-cache decode) vs the full-sequence recomputation.
-    from infalign_jax.ctrl.lm import _BoundLM, _typed_key, decode_responses
+    from infalign_jax.ctrl.lm import _typed_key, decode_responses
+    from infalign_jax.models.transformer import decoder
     from infalign_jax.sampling import generate
 
     key = _typed_key(rng)
     run = lambda params, prompt, mask: generate(
-        _BoundLM(c.policy.config, params),
+        decoder(c.policy.config, params),
         prompt,
         mask,
         jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(3)),

@@ -45,23 +45,6 @@ from infalign_jax.sampling import SamplingConfig, generate, pad_prompts
 PyTree = Any
 
 
-@dataclass(frozen=True)
-class _BoundLM:
-    """The sampler's model interface (prefill / init_sample_cache / decode_step) over a params dict."""
-
-    config: ModelConfig
-    params: PyTree
-
-    def prefill(self, tokens_bt, mask_bt, max_new_tokens=None):
-        return tfm.prefill(self.config, self.params, tokens_bt, mask_bt, max_new_tokens)
-
-    def init_sample_cache(self, batch, max_new_tokens):
-        return tfm.init_sample_cache(self.config, batch, max_new_tokens)
-
-    def decode_step(self, tokens_b, step, prefix_cache, sample_cache):
-        return tfm.decode_step(self.config, self.params, tokens_b, step, prefix_cache, sample_cache)
-
-
 def _typed_key(rng: jax.Array) -> jax.Array:
     """The trainer passes raw uint32 [2] key data; the sampler wants a typed key."""
     return rng if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(rng)
@@ -99,7 +82,7 @@ class LMPolicy:
         p = batch["prompt_bt"].shape[0]
         keys_p = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(p))
         out = generate(
-            _BoundLM(self.config, params),
+            tfm.decoder(self.config, params),
             batch["prompt_bt"],
             batch["prompt_mask_bt"],
             keys_p,

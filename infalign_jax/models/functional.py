@@ -36,7 +36,7 @@ def prefill(graphdef, state, tokens_bt, mask_bt, max_new_tokens=None):
 
 
 def init_sample_cache(graphdef, state, batch: int, max_new_tokens: int):
-    """Zero per-sample K/V cache {k, v: [L, batch, max_new_tokens, K, Dh]}."""
+    """Zero per-sample K/V cache {k, v: L-tuples of [batch, K, max_new_tokens, Dh]}."""
     return nnx.merge(graphdef, state).init_sample_cache(batch, max_new_tokens)
 
 

@@ -21,14 +21,18 @@ pure functions of ``(config, params)``: :func:`forward`, :func:`prefill`, :func:
 :func:`init_sample_cache`.
 
 KV cache (for the vmapped best-of-N sampler). ``prefill`` runs the left-padded prompt once and returns a
-``prefix_cache`` {k, v: [L, B, T, K, Dh], mask_bt, positions_bt, lengths_b}; each sample owns a
-``sample_cache`` {k, v: [L, B, M, K, Dh]} of its ``M = max_new_tokens`` generated keys. ``decode_step``
-attends to the two segments separately (scores are concatenated only after the dot products), so vmapping it
-over samples with the prefix cache unbatched never copies the prompt cache.
+``prefix_cache`` {k, v: L-tuples of [B, K, T, Dh], mask_bt, positions_bt, lengths_b}; each sample owns a
+``sample_cache`` {k, v: L-tuples of [B, K, M, Dh]} of its ``M = max_new_tokens`` generated keys.
+``decode_step`` attends to the two segments separately (scores are concatenated only after the dot
+products), so vmapping it over samples with the prefix cache unbatched never copies the prompt cache. Caches
+are head-major (``[B, K, S, Dh]``), one buffer per layer: the decode attention is then a batched matmul over
+(B, K) that reads each cache where it lies; a sequence-major layout made XLA:CPU transpose, and stacked
+[L, ...] caches made it copy, every layer's cache at every step (measured in docs/sampler.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -141,6 +145,31 @@ def _attend(config: ModelConfig, q_btkgd, segments):
     return out.reshape(b, t, config.num_heads * config.head_dim)
 
 
+def _attend_decode(config: ModelConfig, q_bkgd, segments):
+    """Attention of ONE query position per row (a decode step) over head-major key segments.
+
+    q_bkgd: [B, K, G, Dh] (G = query heads per kv head); segments: ``(k_bksd, v_bksd, allowed_bs)``. Same
+    math as :func:`_attend` (scores per segment, one float32 softmax over their concatenation), laid out so
+    that every contraction is a plain batched matmul over (B, K): ``[G, Dh] x [S, Dh]^T`` and ``[G, S] x [S,
+    Dh]``. Returns [B, 1, H * Dh].
+    """
+    q = q_bkgd * jnp.asarray(config.scale, q_bkgd.dtype)
+    scores = []
+    for k, _, allowed in segments:
+        s = jnp.einsum("bkgd,bksd->bkgs", q, k, preferred_element_type=jnp.float32)
+        if config.attn_logit_softcap:
+            s = jnp.tanh(s / config.attn_logit_softcap) * config.attn_logit_softcap
+        scores.append(jnp.where(allowed[:, None, None, :], s, _NEG))
+    sizes = [s.shape[-1] for s in scores]
+    p = jax.nn.softmax(jnp.concatenate(scores, -1), axis=-1)
+    out = 0.0
+    start = 0
+    for (_, v, _), n in zip(segments, sizes, strict=True):
+        out = out + jnp.einsum("bkgs,bksd->bkgd", p[..., start : start + n].astype(v.dtype), v)
+        start += n
+    return out.reshape(q.shape[0], 1, config.num_heads * config.head_dim)
+
+
 def _attn_out_and_mlp(config: ModelConfig, lp: Params, x_btd, attn_bth):
     """Output projection, residual, (post-)norms and the gated MLP (SwiGLU / GeGLU)."""
     c = config
@@ -243,8 +272,8 @@ def prefill(config: ModelConfig, params: Params, tokens_bt, mask_bt, max_new_tok
     """Runs a LEFT-padded prompt batch once. Returns ``(logits_bv, prefix_cache)``.
 
     ``logits_bv``: next-token logits after the last prompt token (index T-1). ``prefix_cache``: ``{"k", "v":
-    [L, B, T, K, Dh], "mask_bt": bool, "positions_bt": int32, "lengths_b": int32}``. ``max_new_tokens`` is
-    only checked against ``max_position_embeddings`` (static).
+    tuples of L arrays [B, K, T, Dh], "mask_bt": bool, "positions_bt": int32, "lengths_b": int32}``.
+    ``max_new_tokens`` is only checked against ``max_position_embeddings`` (static).
     """
     b, t = tokens_bt.shape
     if max_new_tokens is not None and t + int(max_new_tokens) > config.max_position_embeddings:
@@ -258,9 +287,9 @@ def prefill(config: ModelConfig, params: Params, tokens_bt, mask_bt, max_new_tok
     positions_bt = default_positions(mask_bt)
     x, (k, v) = hidden_states(config, params, tokens_bt, positions_bt, mask_bt, kv=True)
     logits_bv = _logits(config, params, x[:, -1])
-    cache = {
-        "k": k,
-        "v": v,
+    cache = {  # [L, B, T, K, Dh] -> L head-major [B, K, T, Dh] buffers, once per prompt
+        "k": tuple(jnp.swapaxes(k, 2, 3)),
+        "v": tuple(jnp.swapaxes(v, 2, 3)),
         "mask_bt": mask_bt,
         "positions_bt": positions_bt,
         "lengths_b": jnp.sum(mask_bt, axis=1, dtype=jnp.int32),
@@ -269,57 +298,91 @@ def prefill(config: ModelConfig, params: Params, tokens_bt, mask_bt, max_new_tok
 
 
 def init_sample_cache(config: ModelConfig, batch: int, max_new_tokens: int, dtype=None):
-    """Zero K/V cache ``{"k", "v": [L, batch, max_new_tokens, K, Dh]}`` of one sample's generated tokens."""
-    shape = (config.num_layers, batch, max_new_tokens, config.num_kv_heads, config.head_dim)
+    """Zero K/V cache of one sample's generated tokens: ``{"k", "v": tuples of L arrays [batch, K,
+    max_new_tokens, Dh]}`` (one buffer per layer, see :func:`decode_step`)."""
+    shape = (batch, config.num_kv_heads, max_new_tokens, config.head_dim)
     dtype = jnp.dtype(config.dtype) if dtype is None else dtype
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    return {"k": zeros(), "v": zeros()}
 
 
 def decode_step(config: ModelConfig, params: Params, tokens_b, step, prefix_cache, sample_cache):
     """One generated token per row at generation step ``step`` (scalar; position = prompt length + step).
 
-    Attends to the prompt cache (real tokens, within the sliding window on absolute positions), to this
-    sample's earlier tokens (cache slots < step) and to itself; writes its k/v into slot ``step``. Returns
-    ``(logits_bv, sample_cache)``. Vmap over samples with ``in_axes=(0, None, None, 0)``.
+    Writes this token's k/v into slot ``step`` of the sample cache, then attends to the prompt cache (real
+    tokens, within the sliding window on absolute positions) and to this sample's slots <= ``step``. Returns
+    ``(logits_bv, sample_cache)``. Vmap over samples with ``in_axes=(0, None, None, 0)``. ``params["layers"]``
+    may be stacked (as everywhere else) or a tuple of per-layer dicts (:func:`unstack_layers`); a decode loop
+    should unstack once outside the loop (see :class:`Decoder`), since XLA does not hoist the per-layer slices
+    of stacked weights out of a while loop and copies every weight at every step.
+
+    The layers run as an unrolled Python loop over per-layer cache buffers (the caches are tuples of L
+    arrays): each layer's cache is then its own buffer, updated in place and read by the attention matmuls
+    directly. Under ``lax.scan`` over stacked [L, ...] caches XLA:CPU copied every layer's cache slice at
+    every step (measured in docs/sampler.md); the unrolled body costs compile time linear in L instead.
     """
     step = jnp.asarray(step, jnp.int32)
     inv_freq_lf, window_l = layer_constants(config)
     pos_b = prefix_cache["lengths_b"] + step
-    m = sample_cache["k"].shape[2]
+    b = tokens_b.shape[0]
+    m = sample_cache["k"][0].shape[2]
     slot_m = jnp.arange(m, dtype=jnp.int32)
     dist_prefix_bs = pos_b[:, None] - prefix_cache["positions_bt"]
     dist_sample_s = step - slot_m
-
-    def layer(x, xs):
-        lp, inv_freq_f, window, pk, pv, sk, sv = xs
-        q, k, v = _project_qkv(config, lp, x, pos_b[:, None], inv_freq_f)
-        allow_prefix = (prefix_cache["mask_bt"] & (dist_prefix_bs < window))[:, None, :]
-        allow_sample = jnp.broadcast_to(
-            ((slot_m < step) & (dist_sample_s < window))[None, None], (x.shape[0], 1, m)
+    x = _embed(config, params, tokens_b[:, None])
+    layers = params["layers"]
+    new_k, new_v = [], []
+    for i in range(config.num_layers):
+        lp = layers[i] if isinstance(layers, tuple) else {name: w[i] for name, w in layers.items()}
+        q, k, v = _project_qkv(config, lp, x, pos_b[:, None], inv_freq_lf[i])
+        # this token's [B, K, 1, Dh] into slot `step` of the layer's [B, K, M, Dh] cache
+        put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+            cache, new[:, 0, :, None].astype(cache.dtype), step, axis=2
         )
-        allow_self = jnp.ones((x.shape[0], 1, 1), bool)
-        attn = _attend(config, q, [(pk, pv, allow_prefix), (sk, sv, allow_sample), (k, v, allow_self)])
-        return _attn_out_and_mlp(config, lp, x, attn), (k[:, 0], v[:, 0])
+        sk, sv = put(sample_cache["k"][i], k), put(sample_cache["v"][i], v)
+        allow_prefix = prefix_cache["mask_bt"] & (dist_prefix_bs < window_l[i])
+        allow_sample = jnp.broadcast_to(((slot_m <= step) & (dist_sample_s < window_l[i]))[None], (b, m))
+        segments = [(prefix_cache["k"][i], prefix_cache["v"][i], allow_prefix), (sk, sv, allow_sample)]
+        x = _attn_out_and_mlp(config, lp, x, _attend_decode(config, q[:, 0], segments))
+        new_k.append(sk)
+        new_v.append(sv)
+    return _logits(config, params, x[:, 0]), {"k": tuple(new_k), "v": tuple(new_v)}
 
-    xs = (
-        params["layers"],
-        inv_freq_lf,
-        window_l,
-        prefix_cache["k"],
-        prefix_cache["v"],
-        sample_cache["k"],
-        sample_cache["v"],
-    )
-    x, (k_new, v_new) = jax.lax.scan(layer, _embed(config, params, tokens_b[:, None]), xs)
-    logits_bv = _logits(config, params, x[:, 0])
-    # [L, B, K, Dh] -> slot `step` of [L, B, M, K, Dh], one in-place update after the layer scan
-    upd = {
-        name: jax.lax.dynamic_update_slice_in_dim(
-            sample_cache[name], new[:, :, None].astype(sample_cache[name].dtype), step, axis=2
-        )
-        for name, new in (("k", k_new), ("v", v_new))
-    }
-    return logits_bv, upd
+
+def unstack_layers(params: Params) -> Params:
+    """``params`` with ``"layers"`` as a tuple of L per-layer dicts (unstacked ``[L, ...]`` weights)."""
+    stacked = params["layers"]
+    n = len(next(iter(stacked.values())))
+    return {**params, "layers": tuple({name: w[i] for name, w in stacked.items()} for i in range(n))}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """The sampler's model interface (``prefill`` / ``init_sample_cache`` / ``decode_step``) over params.
+
+    ``decoder(config, params)`` builds it inside a jitted function, before the decode loop: the per-layer
+    weights for :func:`decode_step` are sliced there once (``layers``), while ``prefill`` keeps the stacked
+    ``params`` for its layer scan.
+    """
+
+    config: ModelConfig
+    params: Params
+    layers: tuple
+
+    def prefill(self, tokens_bt, mask_bt, max_new_tokens: int | None = None):
+        return prefill(self.config, self.params, tokens_bt, mask_bt, max_new_tokens)
+
+    def init_sample_cache(self, batch: int, max_new_tokens: int):
+        return init_sample_cache(self.config, batch, max_new_tokens)
+
+    def decode_step(self, tokens_b, step, prefix_cache, sample_cache):
+        params = {**self.params, "layers": self.layers}
+        return decode_step(self.config, params, tokens_b, step, prefix_cache, sample_cache)
+
+
+def decoder(config: ModelConfig, params: Params) -> Decoder:
+    """:class:`Decoder` of ``params`` (stacked layers), with the per-layer weights sliced once."""
+    return Decoder(config, params, unstack_layers(params)["layers"])
 
 
 # ----------------------------------------------------------------------------------------------- nnx module
@@ -425,3 +488,7 @@ class Transformer(nnx.Module):
 
     def decode_step(self, tokens_b, step, prefix_cache, sample_cache):
         return decode_step(self.config, self.params(), tokens_b, step, prefix_cache, sample_cache)
+
+    def decoder(self) -> Decoder:
+        """The sampler interface, per-layer weights sliced once (call it inside the jitted function)."""
+        return decoder(self.config, self.params())

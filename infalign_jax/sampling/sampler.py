@@ -3,10 +3,10 @@
 Structure of one call (all inside a single ``jax.jit``):
 
 1. ``model.prefill`` runs ONCE on the ``[B, T]`` left-padded prompts and returns the next-token logits and the
-   prompt KV cache ``[B, T, Hkv, D]`` per layer.
+   prompt KV cache ``[B, Hkv, T, D]`` per layer.
 2. The N samples of a prompt share that cache: ``model.decode_step`` is ``jax.vmap``-ed over samples with
-   ``in_axes=None`` for the prompt cache (broadcast inside the attention dot, never copied N times) and ``0``
-   for the per-sample token and per-sample cache ``[N, B, L, Hkv, D]``.
+   ``in_axes=None`` for the prompt cache (broadcast inside the attention dot, never copied N times); the
+   per-sample tokens ``[N, B]`` and per-sample caches (per layer ``[N, B, Hkv, M, D]``) are mapped over N.
 3. A ``lax.while_loop`` decodes one token per step, updating the per-sample cache and the ``[L, N, B]``
    outputs in place (``dynamic_update_slice`` on loop-carried buffers), and stops early once every sequence
    has emitted EOS. The per-sample cache grows in doubling stages (:func:`cache_stages`), one loop each.
@@ -231,7 +231,7 @@ def _sample_jit(state, prompt_bt, mask_bt, key, eos_e, pad_id, *, graphdef, n, m
     _TRACES[0] += 1  # runs only while tracing
     keys_b = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(prompt_bt.shape[0]))
     return generate(
-        nnx.merge(graphdef, state),
+        nnx.merge(graphdef, state).decoder(),
         prompt_bt,
         mask_bt,
         keys_b,
