@@ -4,8 +4,9 @@ Same grid (1024 cells), same iteration scheme (backtracking mirror ascent with a
 win rate, the same stopping rule, the same warm starts; safeguarded secant in log β with the same early stop;
 the same t grid + golden-section search), timed in the same run:
 
-  * frontier: the optimal policy at 64 β values (JAX: one jit call, 8 vmapped warm-started chains; NumPy:
-    the same 8 chains, one after the other, each solve warm-started from the previous one);
+  * frontier: the optimal policy at 64 β values (JAX: one jit call, solver.FRONTIER_CHAINS vmapped
+    warm-started chains; NumPy: the same chains, one after the other, each solve warm-started from the
+    previous one);
   * CLI job:  `python -m infalign_jax.analytic --procedure bon:4 --kl 0.25,0.5,1` (optimal, best exponential
               and identity at three KL budgets, without the figure).
 
@@ -114,7 +115,7 @@ class NumpyModel:
         w = np.exp(logw)
         return self.win_and_grad(w)[0], self.kl(w), logw
 
-    def frontier(self, betas, chains=8):
+    def frontier(self, betas, chains=solver.FRONTIER_CHAINS):
         """The same warm-started chains as solver.frontier (β sorted decreasing, split into ``chains``)."""
         order = np.argsort(-betas, kind="stable")
         out = np.empty((len(betas), 2))

@@ -1,26 +1,12 @@
-"""Fast kernels of the analytic solver: integer powers (bon/won maps), the matmul blocked cumsum, and the
-exponential search shared by best_exponential / exponential_at_kl / identity_at_kl."""
+"""Fast kernels of the analytic solver: the matmul blocked cumsum and the exponential search shared by
+best_exponential / exponential_at_kl / identity_at_kl."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from infalign_jax.analytic.objectives import blocked_cumsum
-from infalign_jax.analytic.procedures import integer_power
 from infalign_jax.analytic.solver import best_exponential, exponential_at_kl
-
-
-def test_integer_power_and_its_derivative_match_numpy_for_traced_n():
-    x = np.linspace(0.0, 1.0, 257) ** 1.5
-    with jax.enable_x64(True):
-        power = jax.jit(integer_power)  # n traced: one compilation for every n
-        slope = jax.jit(jax.vmap(jax.grad(integer_power), in_axes=(0, None)))
-        for n in (0, 1, 2, 3, 4, 7, 8, 513, 1000):
-            # Repeated squaring doubles the relative rounding error per squaring: ≤ ~n ulp in all.
-            rtol = 4.0 * np.finfo(np.float64).eps * (n + 1)
-            np.testing.assert_allclose(power(x, float(n)), x**n, rtol=rtol, atol=1e-300)
-            want = n * x ** max(n - 1, 0) if n > 0 else np.zeros_like(x)
-            np.testing.assert_allclose(slope(x, float(n)), want, rtol=rtol, atol=1e-300)
 
 
 def test_blocked_cumsum_matches_numpy_and_is_monotone():

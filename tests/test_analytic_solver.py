@@ -137,9 +137,7 @@ def test_optimal_transform_is_a_fixed_point_of_the_tilt(kl_points):
 
 def test_frontier_is_the_vmapped_solver_and_monotone():
     betas = np.geomspace(0.05, 2.0, 8)
-    front = (
-        frontier("bon:4", betas[::-1].copy(), chains=3)[::-1] if False else frontier("bon:4", betas, chains=3)
-    )
+    front = frontier("bon:4", betas, chains=3)
     assert front.win_rate.shape == (8,) and front.phi_c.shape == (8, 1024)
     assert np.all(np.diff(front.kl) < 0) and np.all(np.diff(front.win_rate) < 0)
     assert np.all(front.residual < 1e-10) and np.all(front.iterations > 0)

@@ -48,41 +48,12 @@ def _identity_map(F_m, u_m):
     return F_m
 
 
-MAX_N_BITS = MAX_N.bit_length()
-
-
-@jax.custom_jvp
-def integer_power(x, n):
-    """x**n for a (possibly traced) integer-valued n in [0, 2**MAX_N_BITS): binary exponentiation — a few
-    multiplies per element instead of XLA's float pow (exp/log per element, ~20× slower on CPU) — so bon:2
-    and bon:8 still share one compilation. The derivative n·x^(n−1) reuses the same product chain."""
-    return _integer_power_pair(x, n)[1]
-
-
-def _integer_power_pair(x, n):
-    """(x^(n−1), x^n) elementwise (x^(−1) is never used: for n = 0 the pair is (1, 1))."""
-    bits = jnp.maximum(jnp.asarray(n).astype(jnp.int32) - 1, 0)
-    low, square = jnp.ones_like(x), x
-    for i in range(MAX_N_BITS):
-        low = jnp.where((bits >> i) & 1, low * square, low)
-        square = square * square
-    return low, jnp.where(jnp.asarray(n) >= 1, low * x, jnp.ones_like(x))
-
-
-@integer_power.defjvp
-def _integer_power_jvp(primals, tangents):
-    x, n = primals
-    low, out = _integer_power_pair(x, n)
-    return out, jnp.asarray(n, x.dtype) * low * tangents[0]
-
-
 def _extreme_of_n_map(F_m, u_m, n, worst):
-    # best-of-n (worst = 0): G = F^n; worst-of-n (worst = 1): G = 1 − (1 − F)^n. One map (n and the flag may
-    # be traced), so the solver compiles once for both families; one integer power per point.
+    # best-of-n (worst = 0): G = F^n; worst-of-n (worst = 1): G = 1 − (1 − F)^n. n and the flag are static
+    # Python ints: XLA then raises F to the power by a few multiplies (lax.integer_pow), where a traced n
+    # needed a generic product chain (~2.5x slower per solver step; see docs/analytic.md).
     del u_m
-    flip = worst > 0
-    power = integer_power(jnp.where(flip, 1.0 - F_m, F_m), n)
-    return jnp.where(flip, 1.0 - power, power)
+    return 1.0 - (1.0 - F_m) ** n if worst else F_m**n
 
 
 def _kth_of_n_map(F_m, u_m, k, n):
@@ -112,9 +83,9 @@ def _custom_map(F_m, u_m, user_fn, takes_u):
     return user_fn(F_m, u_m) if takes_u else user_fn(F_m)
 
 
-# Maps whose numeric params may be traced arrays (the solver passes them as jit arguments, so bon:2 and bon:8
-# share one compilation); the others get their params as static Python values.
-TRACEABLE_MAPS = frozenset({_extreme_of_n_map, _rejection_map})
+# Maps whose numeric params may be traced arrays (the solver passes them as jit arguments, so rejection:0.5,4
+# and rejection:0.7,8 share one compilation); the others get their params as static Python values.
+TRACEABLE_MAPS = frozenset({_rejection_map})
 
 
 def identity() -> Procedure:
