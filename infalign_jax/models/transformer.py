@@ -121,53 +121,47 @@ def _project_qkv(config: ModelConfig, lp: Params, x_btd, positions_bt, inv_freq_
     return q, k, v
 
 
-def _attend(config: ModelConfig, q_btkgd, segments):
-    """Softmax attention of q over several key segments ``(k_bskd, v_bskd, allowed_bts)`` jointly.
+def _segment_attention(config: ModelConfig, q, segments, scores_eq: str, out_eq: str):
+    """Softmax attention of ``q`` over several key segments ``(k, v, allowed)`` jointly.
 
-    Scores are computed per segment and concatenated along the key axis, so a segment shared across a vmapped
-    sample axis (the prompt cache) is never broadcast/copied. Softmax in float32.
+    Scores ``einsum(scores_eq, q, k)`` are computed per segment (float32, optional soft-cap, masked where
+    ``allowed`` -- already broadcastable to them -- is False) and concatenated along the key axis (last), so a
+    segment shared across a vmapped sample axis (the prompt cache) is never broadcast/copied; one softmax;
+    the output is the sum of ``einsum(out_eq, p_segment, v)``.
     """
-    q = q_btkgd * jnp.asarray(config.scale, q_btkgd.dtype)
+    q = q * jnp.asarray(config.scale, q.dtype)
     scores = []
     for k, _, allowed in segments:
-        s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        s = jnp.einsum(scores_eq, q, k, preferred_element_type=jnp.float32)
         if config.attn_logit_softcap:
             s = jnp.tanh(s / config.attn_logit_softcap) * config.attn_logit_softcap
-        scores.append(jnp.where(allowed[:, None, None], s, _NEG))
+        scores.append(jnp.where(allowed, s, _NEG))
     sizes = [s.shape[-1] for s in scores]
     p = jax.nn.softmax(jnp.concatenate(scores, -1), axis=-1)
     out = 0.0
     start = 0
     for (_, v, _), n in zip(segments, sizes, strict=True):
-        out = out + jnp.einsum("bkgts,bskd->btkgd", p[..., start : start + n].astype(v.dtype), v)
+        out = out + jnp.einsum(out_eq, p[..., start : start + n].astype(v.dtype), v)
         start += n
+    return out
+
+
+def _attend(config: ModelConfig, q_btkgd, segments):
+    """Attention of q [B, T, K, G, Dh] over sequence-major segments ``(k_bskd, v_bskd, allowed_bts)``
+    (prefill / full forward). Returns [B, T, H * Dh]."""
+    segments = [(k, v, allowed[:, None, None]) for k, v, allowed in segments]
+    out = _segment_attention(config, q_btkgd, segments, "btkgd,bskd->bkgts", "bkgts,bskd->btkgd")
     b, t = q_btkgd.shape[:2]
     return out.reshape(b, t, config.num_heads * config.head_dim)
 
 
 def _attend_decode(config: ModelConfig, q_bkgd, segments):
-    """Attention of ONE query position per row (a decode step) over head-major key segments.
-
-    q_bkgd: [B, K, G, Dh] (G = query heads per kv head); segments: ``(k_bksd, v_bksd, allowed_bs)``. Same
-    math as :func:`_attend` (scores per segment, one float32 softmax over their concatenation), laid out so
-    that every contraction is a plain batched matmul over (B, K): ``[G, Dh] x [S, Dh]^T`` and ``[G, S] x [S,
-    Dh]``. Returns [B, 1, H * Dh].
-    """
-    q = q_bkgd * jnp.asarray(config.scale, q_bkgd.dtype)
-    scores = []
-    for k, _, allowed in segments:
-        s = jnp.einsum("bkgd,bksd->bkgs", q, k, preferred_element_type=jnp.float32)
-        if config.attn_logit_softcap:
-            s = jnp.tanh(s / config.attn_logit_softcap) * config.attn_logit_softcap
-        scores.append(jnp.where(allowed[:, None, None, :], s, _NEG))
-    sizes = [s.shape[-1] for s in scores]
-    p = jax.nn.softmax(jnp.concatenate(scores, -1), axis=-1)
-    out = 0.0
-    start = 0
-    for (_, v, _), n in zip(segments, sizes, strict=True):
-        out = out + jnp.einsum("bkgs,bksd->bkgd", p[..., start : start + n].astype(v.dtype), v)
-        start += n
-    return out.reshape(q.shape[0], 1, config.num_heads * config.head_dim)
+    """Attention of ONE query position per row (a decode step) over head-major segments ``(k_bksd, v_bksd,
+    allowed_bs)``: every contraction is a plain batched matmul over (B, K), ``[G, Dh] x [S, Dh]^T`` and
+    ``[G, S] x [S, Dh]``, reading the caches where they lie. Returns [B, 1, H * Dh]."""
+    segments = [(k, v, allowed[:, None, None, :]) for k, v, allowed in segments]
+    out = _segment_attention(config, q_bkgd, segments, "bkgd,bksd->bkgs", "bkgs,bksd->bkgd")
+    return out.reshape(q_bkgd.shape[0], 1, config.num_heads * config.head_dim)
 
 
 def _attn_out_and_mlp(config: ModelConfig, lp: Params, x_btd, attn_bth):
