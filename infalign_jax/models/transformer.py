@@ -325,14 +325,14 @@ def decode_step(config: ModelConfig, params: Params, tokens_b, step, prefix_cach
     dist_sample_s = step - slot_m
     x = _embed(config, params, tokens_b[:, None])
     layers = params["layers"]
+    layers = layers if isinstance(layers, tuple) else unstack_layers(layers)
+    # this token's k/v [B, 1, K, Dh] into slot `step` of a layer's [B, K, M, Dh] cache
+    put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+        cache, new[:, 0, :, None].astype(cache.dtype), step, axis=2
+    )
     new_k, new_v = [], []
-    for i in range(config.num_layers):
-        lp = layers[i] if isinstance(layers, tuple) else {name: w[i] for name, w in layers.items()}
+    for i, lp in enumerate(layers):
         q, k, v = _project_qkv(config, lp, x, pos_b[:, None], inv_freq_lf[i])
-        # this token's [B, K, 1, Dh] into slot `step` of the layer's [B, K, M, Dh] cache
-        put = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
-            cache, new[:, 0, :, None].astype(cache.dtype), step, axis=2
-        )
         sk, sv = put(sample_cache["k"][i], k), put(sample_cache["v"][i], v)
         allow_prefix = prefix_cache["mask_bt"] & (dist_prefix_bs < window_l[i])
         allow_sample = jnp.broadcast_to(((slot_m <= step) & (dist_sample_s < window_l[i]))[None], (b, m))
@@ -343,11 +343,10 @@ def decode_step(config: ModelConfig, params: Params, tokens_b, step, prefix_cach
     return _logits(config, params, x[:, 0]), {"k": tuple(new_k), "v": tuple(new_v)}
 
 
-def unstack_layers(params: Params) -> Params:
-    """``params`` with ``"layers"`` as a tuple of L per-layer dicts (unstacked ``[L, ...]`` weights)."""
-    stacked = params["layers"]
-    n = len(next(iter(stacked.values())))
-    return {**params, "layers": tuple({name: w[i] for name, w in stacked.items()} for i in range(n))}
+def unstack_layers(layers: Params) -> tuple[Params, ...]:
+    """Stacked layer weights ``{name: [L, ...]}`` as a tuple of L per-layer dicts ``{name: [...]}``."""
+    n = len(next(iter(layers.values())))
+    return tuple({name: w[i] for name, w in layers.items()} for i in range(n))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +375,7 @@ class Decoder:
 
 def decoder(config: ModelConfig, params: Params) -> Decoder:
     """:class:`Decoder` of ``params`` (stacked layers), with the per-layer weights sliced once."""
-    return Decoder(config, params, unstack_layers(params)["layers"])
+    return Decoder(config, params, unstack_layers(params["layers"]))
 
 
 # ----------------------------------------------------------------------------------------------- nnx module
