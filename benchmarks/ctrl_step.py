@@ -3,11 +3,9 @@
     python benchmarks/ctrl_step.py --config configs/ctrl_bandit.py [--steps 30] [--num_ref 64]
 
 Runs the configured task's step (one device unless the config's mesh says otherwise) in two modes measured in
-the
-same run: ``phased`` (each phase its own jit, timed: sampling / scoring / calibration / update) and ``fused``
-(the
-whole step as one jit, the production path). Prints medians, policy samples/s of the fused step, and the
-calibration's cost (the issue's budget: <= 2% of a step at K = 64).
+the same run: ``phased`` (each phase its own jit, timed: sampling / scoring / calibration / update) and
+``fused`` (the whole step as one jit, the production path). Prints medians, policy samples/s of the fused
+step, and the calibration's cost (the issue's budget: <= 2% of a step at K = 64).
 """
 
 from __future__ import annotations

@@ -140,3 +140,53 @@ if __name__ == "__main__":
     if pid == 0:
         np.savez(out, loss=loss, params=params)
     jax.distributed.shutdown()
+
+
+def test_update_gradients_equal_direct_autodiff():
+    """phase_update takes epoch 0's gradient from the vjp of the forward pass that gave the old log-probs;
+    with plain SGD (lr 1) every epoch's step must equal -grad of the surrogate loss by jax.grad (PPO clipping
+    and the k3 term active, 3 epochs, so epochs 1-2 run the forward + backward path)."""
+    import jax.numpy as jnp
+    import optax
+
+    from infalign_jax.ctrl.objective import pg_loss, rloo_advantages, sequence_rewards
+    from infalign_jax.ctrl.train_step import TrainState, phase_update
+
+    prob = bandit.make_bandit(C, V, 1.0, 3)
+    policy = bandit.TabularPolicy()
+    loss_cfg = LossConfig(beta=0.2, kl_mode="k3", clip_eps=0.2)
+    cfg = StepConfig(
+        transform=parse_transform("exp:4"), loss=loss_cfg, num_samples=S, num_ref=K, ppo_epochs=3
+    )
+    rng = np.random.default_rng(0)
+    ref = {"logits": jnp.asarray(prob.ref_logits)}
+    params = {"logits": ref["logits"] + jnp.asarray(rng.normal(0, 0.3, ref["logits"].shape), jnp.float32)}
+    batch = {"context": jnp.arange(C, dtype=jnp.int32)}
+    samples = {"response": jnp.asarray(rng.integers(0, V, (C, S)), jnp.int32)}
+    phi_ps = jnp.asarray(rng.uniform(0, 3, (C, S)), jnp.float32)
+    scores = {"rewards_ps": phi_ps, "ref_rewards_pk": jnp.zeros((C, K), jnp.float32)}
+    calib = {"phi_ps": phi_ps, "u_ps": phi_ps / 3}
+    tx = optax.sgd(1.0)
+    state = TrainState(jnp.int32(0), params, tx.init(params), jnp.zeros(2, jnp.uint32), jnp.int32(0), ref, {})
+    new_state, metrics = jax.jit(
+        lambda s: phase_update(policy, tx, cfg, s, batch, {"samples": samples}, scores, calib)
+    )(state)
+
+    old, mask = policy.logprobs(params, batch, samples)
+    ref_logp, _ = policy.logprobs(ref, batch, samples)
+    adv = rloo_advantages(sequence_rewards(phi_ps, old, ref_logp, mask, loss_cfg)[0])
+    loss = lambda p: pg_loss(policy.logprobs(p, batch, samples)[0], old, ref_logp, mask, adv, loss_cfg)[0]
+    expected = params
+    for epoch in range(3):
+        grads = jax.grad(loss)(expected)
+        if epoch == 0:
+            np.testing.assert_allclose(float(metrics["loss"]), float(loss(params)), rtol=1e-5)
+            np.testing.assert_allclose(
+                float(metrics["grad_norm"]), float(optax.global_norm(grads)), rtol=1e-5
+            )
+        expected = jax.tree.map(lambda p, g: p - g, expected, grads)
+    assert float(metrics["finite"]) == 1.0
+    assert float(jnp.max(jnp.abs(expected["logits"] - params["logits"]))) > 1e-2  # the epochs moved params
+    np.testing.assert_allclose(
+        np.asarray(new_state.params["logits"]), np.asarray(expected["logits"]), atol=1e-6
+    )

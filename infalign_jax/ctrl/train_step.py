@@ -7,21 +7,17 @@ The step is generic over the policy and the reward: a *policy* is any object wit
     policy.logprobs(params, batch, samples) -> (logp_pst, mask_pst)    # per response token, [P, S, L] each
 
 (a tabular bandit policy has L = 1; a transformer policy gives the log-probabilities of the response tokens
-given the
-prompt, with a response mask) and a *scorer* is ``scorer(env, batch, samples) -> rewards_ps`` where ``env``
-is a
-frozen pytree (reward-model parameters, a bandit's reward table). Reference rewards come either from the batch
-(``reference="offline"``: ``batch["ref_rewards_pk"]`` from a :mod:`~infalign_jax.ctrl.table`) or are drawn
-inside
-the step (``reference="online"``: K samples of π_ref = ``policy.sample(ref_params, ...)``, scored by the
-scorer).
+given the prompt, with a response mask) and a *scorer* is ``scorer(env, batch, samples) -> rewards_ps`` where
+``env`` is a frozen pytree (reward-model parameters, a bandit's reward table). Reference rewards come either
+from the batch (``reference="offline"``: ``batch["ref_rewards_pk"]`` from a :mod:`~infalign_jax.ctrl.table`)
+or are drawn inside the step (``reference="online"``: K samples of π_ref = ``policy.sample(ref_params, ...)``,
+scored by the scorer).
 
 Four phases, each a pure function: :func:`phase_sample`, :func:`phase_score`, :func:`phase_calibrate`,
 :func:`phase_update`. :meth:`CtrlTrainer.train_step` is their composition under one ``jax.jit`` (donated
-state,
-NamedSharding: batch on 'data', parameters on 'fsdp'); :meth:`CtrlTrainer.phased_step` runs the same phases as
-separate jitted programs and times each (sampling / scoring / calibration / update) — same numbers, more
-dispatches.
+state, NamedSharding: batch on 'data', parameters on 'fsdp'); :meth:`CtrlTrainer.phased_step` runs the same
+phases as separate jitted programs and times each (sampling / scoring / calibration / update) — same numbers,
+more dispatches.
 """
 
 from __future__ import annotations
@@ -225,34 +221,45 @@ def phase_update(
     """Policy-gradient update: RLOO advantages of Φ(u) − β·KL, ``ppo_epochs`` optimizer steps on the same
     samples.
 
-    A non-finite reward, loss or gradient leaves params and optimizer state unchanged and reports ``finite =
-    0``
-    (the loop stops with an error and writes no checkpoint).
+    With one PPO epoch this is two forward passes (π, keeping its residuals for epoch 0's backward pass, and
+    π_ref) and one backward pass; every further epoch adds a forward and a backward pass.
+
+    A non-finite reward, loss or gradient leaves params and optimizer state unchanged and reports
+    ``finite = 0`` (the loop stops with an error and writes no checkpoint).
     """
     samples = rollout["samples"]
-    old_logp, mask = policy.logprobs(state.params, batch, samples)
+    logprobs = lambda params: policy.logprobs(params, batch, samples)
+    # One forward pass gives both the old log-probs and, kept for its backward pass, the first epoch's
+    # gradient: at epoch 0 the policy IS the sampling policy (logp == old_logp), so
+    # d loss / d params = vjp(d loss / d logp at old_logp). Later PPO epochs run forward + backward again.
+    old_logp, logp_vjp, mask = jax.vjp(logprobs, state.params, has_aux=True)
     old_logp = jax.lax.stop_gradient(old_logp)
     mask = mask.astype(jnp.float32)
     ref_logp, _ = policy.logprobs(state.ref_params, batch, samples)
     ref_logp = jax.lax.stop_gradient(ref_logp)
     reward_ps, seq_kl_ps = sequence_rewards(calib["phi_ps"], old_logp, ref_logp, mask, cfg.loss)
     adv_ps = rloo_advantages(reward_ps)
+    loss_of_logp = lambda logp: pg_loss(logp, old_logp, ref_logp, mask, adv_ps, cfg.loss)
 
-    def loss_fn(params):
-        logp, _ = policy.logprobs(params, batch, samples)
-        return pg_loss(logp, old_logp, ref_logp, mask, adv_ps, cfg.loss)
+    def optimizer_step(params, opt_state, loss, aux, grads):
+        updates, new_opt = tx.update(grads, opt_state, params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        return (optax.apply_updates(params, updates), new_opt), metrics
 
     def epoch(carry, _):
         params, opt_state = carry
+        loss_fn = lambda params: loss_of_logp(logprobs(params)[0])
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        gnorm = optax.global_norm(grads)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        return (new_params, new_opt), {"loss": loss, "grad_norm": gnorm, **aux}
+        return optimizer_step(params, opt_state, loss, aux, grads)
 
-    (new_params, new_opt), ep = jax.lax.scan(
-        epoch, (state.params, state.opt_state), None, length=cfg.ppo_epochs
-    )
+    (loss, aux), dloss_dlogp = jax.value_and_grad(loss_of_logp, has_aux=True)(old_logp)
+    (grads,) = logp_vjp(dloss_dlogp)
+    carry, ep = optimizer_step(state.params, state.opt_state, loss, aux, grads)
+    ep = jax.tree.map(lambda x: x[None], ep)
+    if cfg.ppo_epochs > 1:
+        carry, later = jax.lax.scan(epoch, carry, None, length=cfg.ppo_epochs - 1)
+        ep = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ep, later)
+    new_params, new_opt = carry
     finite = _all_finite(
         scores["rewards_ps"], scores["ref_rewards_pk"], calib["phi_ps"], ep["loss"], ep["grad_norm"]
     )
