@@ -1,8 +1,8 @@
 """Benchmark of infalign_jax.analytic against a straightforward NumPy implementation of the same computation.
 
-Same grid (1024 cells), same iteration scheme (backtracking mirror ascent with a hand-derived gradient of the
-win rate, the same stopping rule, the same warm starts; safeguarded secant in log β with the same early stop;
-the same t grid + golden-section search), timed in the same run:
+Same grid (--grid cells, default 1024 = the CLI's default), same iteration scheme (backtracking mirror ascent
+with a hand-derived gradient of the win rate, the same stopping rule, the same warm starts; safeguarded secant
+in log β with the same early stop; the same t grid + golden-section search), timed in the same run:
 
   * frontier: the optimal policy at 64 β values (JAX: one jit call, solver.FRONTIER_CHAINS vmapped
     warm-started chains; NumPy: the same chains, one after the other, each solve warm-started from the
@@ -15,7 +15,10 @@ JAX and NumPy runs are interleaved, best of --repeats. JAX compile time = first 
 Then a grid-refinement table: the optimal win rate at KL 1 and 2 for M = 128 … 4096 cells, and the BoN-policy
 win-rate error against n/(n+1).
 
-    .venv/bin/python benchmarks/analytic.py [--quick]
+    .venv/bin/python benchmarks/analytic.py [--quick] [--grid M] [--skip-refinement]
+
+The ratio depends on M: NumPy's cost per step is mostly per-call overhead at small M, JAX's grows with M
+(docs/analytic.md lists the ratios at M = 256 / 512 / 1024).
 """
 
 from __future__ import annotations
@@ -252,8 +255,8 @@ def cli_job_jax(spec="bon:4", kls=KLS, grid=M):
     )
 
 
-def cli_job_numpy(n=4, kls=KLS):
-    model = NumpyModel(n, worst=False)
+def cli_job_numpy(n=4, kls=KLS, grid=M):
+    model = NumpyModel(n, worst=False, cells=grid)
     return [(model.match_kl(kl), model.best_exponential(kl), model.exponential_at_kl(0.0, kl)) for kl in kls]
 
 
@@ -262,15 +265,17 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer grid sizes in the refinement table")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved JAX/NumPy rounds (best of)")
     parser.add_argument("--skip-refinement", action="store_true", help="only the timings")
+    parser.add_argument("--grid", type=int, default=M, help=f"grid cells of the timed runs (default {M})")
     args = parser.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; grid M = {M} cells; float64")
+    grid = args.grid
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; grid M = {grid} cells; float64")
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     betas = np.geomspace(0.02, 2.0, 64)
 
     # ---- frontier (64 β)
-    model = NumpyModel(4, worst=False)
+    model = NumpyModel(4, worst=False, cells=grid)
     first, jax_t, np_t, front, np_front = interleaved(
-        lambda: frontier("bon:4", betas), lambda: model.frontier(betas), args.repeats
+        lambda: frontier("bon:4", betas, grid=grid), lambda: model.frontier(betas), args.repeats
     )
     print("\n64-point frontier (bon:4, β in [0.02, 2]; seconds)")
     report(first, jax_t, np_t)
@@ -281,7 +286,9 @@ def main():
     )
 
     # ---- the CLI job
-    first, jax_t, np_t, (opt, expo, ident), np_out = interleaved(cli_job_jax, cli_job_numpy, args.repeats)
+    first, jax_t, np_t, (opt, expo, ident), np_out = interleaved(
+        lambda: cli_job_jax(grid=grid), lambda: cli_job_numpy(grid=grid), args.repeats
+    )
     agree = max(
         max(
             abs(np_out[i][0][0] - opt.win_rate[i]),
@@ -290,7 +297,10 @@ def main():
         )
         for i in range(len(KLS))
     )
-    print("\nCLI job: --procedure bon:4 --kl 0.25,0.5,1 (optimal + best exponential + identity, no figure)")
+    print(
+        f"\nCLI job: --procedure bon:4 --kl 0.25,0.5,1 --grid {grid} "
+        "(optimal + best exponential + identity, no figure)"
+    )
     report(first, jax_t, np_t)
     print(
         f"  optimal: {int(opt.iterations.sum())} mirror-ascent steps;   max |W_jax − W_numpy| = {agree:.1e}"
