@@ -1,5 +1,5 @@
-"""The jitted CTRL step: sharding invariance (1 vs 8 devices, fsdp), phased == fused, non-finite guard, and a
-2-process jax.distributed run equal to one process.
+"""The jitted CTRL step: sharding invariance (1 vs 8 devices, fsdp), phased == fused, non-finite guard, the
+update's gradients == jax.grad of the surrogate, and a 2-process jax.distributed run equal to one process.
 
 Run as a script (``python tests/test_ctrl_step.py PROCESS_ID PORT OUT``) it is the multi-process worker.
 """
@@ -126,22 +126,6 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(got["params"], params, atol=1e-5)
 
 
-if __name__ == "__main__":
-    pid, port, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    jax.config.update("jax_num_cpu_devices", 2)
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=2,
-        process_id=pid,
-        coordinator_bind_address=f"127.0.0.1:{port}",
-    )
-    assert jax.device_count() == 4 and jax.process_count() == 2
-    loss, params, _, _, _ = _run(make_mesh(2, 2))
-    if pid == 0:
-        np.savez(out, loss=loss, params=params)
-    jax.distributed.shutdown()
-
-
 def test_update_gradients_equal_direct_autodiff():
     """phase_update takes epoch 0's gradient from the vjp of the forward pass that gave the old log-probs;
     with plain SGD (lr 1) every epoch's step must equal -grad of the surrogate loss by jax.grad (PPO clipping
@@ -190,3 +174,19 @@ def test_update_gradients_equal_direct_autodiff():
     np.testing.assert_allclose(
         np.asarray(new_state.params["logits"]), np.asarray(expected["logits"]), atol=1e-6
     )
+
+
+if __name__ == "__main__":
+    pid, port, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    jax.config.update("jax_num_cpu_devices", 2)
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=2,
+        process_id=pid,
+        coordinator_bind_address=f"127.0.0.1:{port}",
+    )
+    assert jax.device_count() == 4 and jax.process_count() == 2
+    loss, params, _, _, _ = _run(make_mesh(2, 2))
+    if pid == 0:
+        np.savez(out, loss=loss, params=params)
+    jax.distributed.shutdown()
