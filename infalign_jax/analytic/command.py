@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from infalign_jax.analytic.plotting import curve_kls
@@ -33,6 +34,7 @@ from infalign_jax.analytic.solver import (
     match_kl,
     solve_optimal,
 )
+from infalign_jax.analytic.threads import map_concurrently
 from infalign_jax.cli import UsageError
 from infalign_jax.io_utils import atomic_write_bytes
 
@@ -82,13 +84,16 @@ def analyze(procedure, kls, *, grid: int = DEFAULT_CELLS, with_curves: bool = Fa
     """The JSON report ``{"procedure": spec, "points": [{"kl", "optimal": {"win_rate", "beta"}, "exponential":
     {"t", "win_rate", "beta"}, "identity": {"win_rate", "beta"}}, ...]}`` (every entry at its requested KL to
     1e-6) and the raw results (optimal, exponential, identity) over ``kls`` followed, with ``with_curves``, by
-    the figure's curve budgets (one vmapped batch, so one compilation per solver function)."""
+    the figure's curve budgets. Every (solver, budget) pair is its own call, all spread over the CPU cores at
+    once, slowest kind first (:func:`~infalign_jax.analytic.threads.map_concurrently`)."""
     procedure = as_procedure(procedure)
     kls = np.asarray(kls, np.float64)
     batch = np.concatenate([kls, curve_kls(float(kls.max()))]) if with_curves else kls
-    opt = match_kl(procedure, batch, grid=grid)
-    expo = best_exponential(procedure, batch, grid=grid)
-    ident = identity_at_kl(procedure, batch, grid=grid)
+    solvers = (best_exponential, match_kl, identity_at_kl)
+    jobs = [(solve, float(kl)) for solve in solvers for kl in batch]
+    results = map_concurrently(lambda job: job[0](procedure, job[1], grid=grid), jobs)
+    stack = lambda part: jax.tree.map(lambda *xs: np.stack(xs), *part)
+    expo, opt, ident = (stack(results[i * len(batch) : (i + 1) * len(batch)]) for i in range(3))
     points = [
         {
             "kl": float(kl),

@@ -35,6 +35,7 @@ from infalign_jax.analytic.objectives import (
     tilt,
 )
 from infalign_jax.analytic.procedures import TRACEABLE_MAPS, Procedure, parse_procedure
+from infalign_jax.analytic.threads import cpu_workers, map_concurrently, split_rows
 from infalign_jax.analytic.transforms import exponential_transform
 from infalign_jax.cli import UsageError
 
@@ -44,7 +45,7 @@ DEFAULT_TOL = 1e-10
 LOG_BETA_RANGE = (math.log(1e-4), math.log(1e4))  # β searched in this range when matching a KL budget
 MATCH_STEPS = 16  # safeguarded secant steps in log β (each a warm-started solve for the optimal policy)
 T_RANGE = 200.0  # best exponential: t searched in [−T_RANGE, T_RANGE]
-FRONTIER_CHAINS = 2  # vmapped warm-start chains of frontier() (see its docstring)
+FRONTIER_CHAINS = 2  # the fewest warm-start chains frontier() uses by default (see its docstring)
 MAX_KL = 4.0  # larger KL budgets are rejected (the grid cannot resolve such peaked policies reliably)
 
 
@@ -86,7 +87,7 @@ def _rebuild(static, dynamic) -> Procedure:
 
 
 def _grid(num_cells: int):
-    return cosine_grid(num_cells, dtype=jnp.float64)
+    return cosine_grid(num_cells, dtype=jnp.float64)  # a constant inside jit (computed by NumPy)
 
 
 def _normalize_phi(phi_c, u_m):
@@ -402,6 +403,21 @@ def _unbatch(result, scalar: bool):
     return jax.tree.map(lambda x: x[0], result) if scalar else result
 
 
+def _rows(call, *arrays_b):
+    """``call(*arrays_b)`` for a jitted function vmapped over the leading axis of every array, as NumPy.
+
+    On a multi-core CPU: one call per row, spread over the cores by :func:`threads.map_concurrently` (rows of
+    a vmapped batch would run in lockstep on one core), so every batch size uses the one compilation of the
+    single-row shape; elsewhere: one call for the whole batch.
+    """
+    to_numpy = lambda out: jax.tree.map(np.asarray, out)
+    n = len(arrays_b[0])
+    if n == 1 or not split_rows():
+        return to_numpy(call(*arrays_b))
+    outs = map_concurrently(lambda i: to_numpy(call(*(a[i : i + 1] for a in arrays_b))), range(n))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
 def _x64(fn):
     """Runs ``fn`` with 64-bit JAX types for this call only (the global x64 flag is untouched); NumPy out."""
 
@@ -423,9 +439,8 @@ def solve_optimal(procedure, beta, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_I
     procedure = as_procedure(procedure)
     beta_b, scalar = _as_batch(beta, "beta", 0.0, 1e6)
     static, dynamic = _split(procedure)
-    return _unbatch(
-        _solve_batch(static, dynamic, beta_b, _check_grid(grid), int(max_iter), float(tol)), scalar
-    )
+    grid, max_iter, tol = _check_grid(grid), int(max_iter), float(tol)
+    return _unbatch(_rows(lambda b: _solve_batch(static, dynamic, b, grid, max_iter, tol), beta_b), scalar)
 
 
 @_x64
@@ -436,29 +451,42 @@ def frontier(
     grid=DEFAULT_CELLS,
     max_iter=DEFAULT_MAX_ITER,
     tol=DEFAULT_TOL,
-    chains=FRONTIER_CHAINS,
+    chains=None,
 ):
-    """The optimal (KL, win rate) frontier over many β: ``chains`` vmapped continuation chains, each a
-    ``lax.scan`` over its slice of the β values sorted in decreasing order, warm-starting every solve from the
-    previous one (far fewer mirror-ascent steps than independent solves). Vmapped chains run in lockstep (each
-    step waits for the slowest chain's solve), so few chains are fastest on CPU: 64 β for bon:4 took 46 / 50 /
-    58 / 74 ms with 2 / 1 / 4 / 8 chains. Returns an :class:`OptimalSolution` batched in the order of
-    ``betas``."""
+    """The optimal (KL, win rate) frontier over many β by warm-started continuation: the β values sorted in
+    decreasing order are dealt round-robin to ``chains`` chains (default: one per CPU core, at least
+    FRONTIER_CHAINS), each a ``lax.scan`` that warm-starts every solve from the previous one (far fewer
+    mirror-ascent steps than independent solves; dealing round-robin gives every chain a similar share of the
+    slow small-β solves). On CPU the chains run side by side on the cores (:func:`_rows`), elsewhere as one
+    vmapped call. 64 β for bon:4: 2,059 steps as 2 contiguous chains, 2,134 dealt round-robin; see
+    docs/analytic.md for times. Returns an :class:`OptimalSolution` batched in the order of ``betas``."""
     procedure = as_procedure(procedure)
     beta_b, _ = _as_batch(betas, "betas", 0.0, 1e6)
+    n = len(beta_b)
     order = np.argsort(-beta_b, kind="stable")
-    chains = max(1, min(int(chains), len(beta_b)))
-    per_chain = -(-len(beta_b) // chains)
-    padded = np.resize(beta_b[order], chains * per_chain)  # pads by repeating (harmless extra solves)
-    padded[len(beta_b) :] = beta_b[order][-1]
+    chains = default_chains() if chains is None else int(chains)
+    chains = max(1, min(chains, n))
+    per_chain = -(-n // chains)
+    # rank_kc: position in the sorted order of chain k's c-th solve; a short chain repeats its last β
+    # (converged at once: a harmless extra solve) so that all chains have one shape.
+    rank_kc = np.arange(per_chain)[None, :] * chains + np.arange(chains)[:, None]
+    rank_kc = np.where(rank_kc < n, rank_kc, rank_kc - chains)
     static, dynamic = _split(procedure)
-    out = _frontier_chains(
-        static, dynamic, padded.reshape(chains, per_chain), _check_grid(grid), int(max_iter), float(tol)
+    grid, max_iter, tol = _check_grid(grid), int(max_iter), float(tol)
+    out = _rows(
+        lambda beta_kb: _frontier_chains(static, dynamic, beta_kb, grid, max_iter, tol),
+        beta_b[order][rank_kc],
     )
-    flat = jax.tree.map(lambda x: x.reshape((chains * per_chain,) + x.shape[2:])[: len(beta_b)], out)
+    ranks = np.arange(n)
+    sorted_out = jax.tree.map(lambda x: x[ranks % chains, ranks // chains], out)
     inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return jax.tree.map(lambda x: x[inverse], flat)
+    inverse[order] = ranks
+    return jax.tree.map(lambda x: x[inverse], sorted_out)
+
+
+def default_chains() -> int:
+    """frontier()'s default number of chains: one per CPU core, at least FRONTIER_CHAINS."""
+    return max(FRONTIER_CHAINS, cpu_workers())
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -482,7 +510,8 @@ def match_kl(procedure, kl, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_ITER, to
     procedure = as_procedure(procedure)
     kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
     static, dynamic = _split(procedure)
-    result = _match_kl_batch(static, dynamic, kl_b, _check_grid(grid), int(max_iter), float(tol))
+    grid, max_iter, tol = _check_grid(grid), int(max_iter), float(tol)
+    result = _rows(lambda kl: _match_kl_batch(static, dynamic, kl, grid, max_iter, tol), kl_b)
     _check_matched(result.kl, kl_b, procedure, "optimal")
     return _unbatch(result, scalar)
 
@@ -504,9 +533,7 @@ def exponential_at_kl(procedure, t, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoi
     kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
     t_b = np.broadcast_to(np.asarray(t, np.float64), kl_b.shape)
     static, dynamic = _split(procedure)
-    result = _exponential_search_batch(
-        static, dynamic, t_b, kl_b, np.zeros(kl_b.shape, bool), _check_grid(grid)
-    )
+    result = _search_rows(static, dynamic, t_b, kl_b, np.zeros(kl_b.shape, bool), grid)
     _check_matched(result.kl, kl_b, procedure, "exponential")
     return _unbatch(result, scalar)
 
@@ -527,7 +554,7 @@ def best_exponential(procedure, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
     kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
     static, dynamic = _split(procedure)
     t_b, search_b = np.zeros_like(kl_b), np.ones(kl_b.shape, bool)
-    result = _exponential_search_batch(static, dynamic, t_b, kl_b, search_b, _check_grid(grid))
+    result = _search_rows(static, dynamic, t_b, kl_b, search_b, grid)
     _check_matched(result.kl, kl_b, procedure, "best exponential")
     return _unbatch(result, scalar)
 
@@ -557,6 +584,16 @@ def bon_policy_win_rate(procedure, n, *, grid=DEFAULT_CELLS):
 def _bon_policy_batch(static, dynamic, n_b, num_cells):
     procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
     return jax.vmap(lambda n: inference_win_rate(procedure, jnp.diff(u_m**n), u_m))(n_b)
+
+
+def _search_rows(static, dynamic, t_b, kl_b, search_b, grid):
+    grid = _check_grid(grid)
+    return _rows(
+        lambda t, kl, search: _exponential_search_batch(static, dynamic, t, kl, search, grid),
+        t_b,
+        kl_b,
+        search_b,
+    )
 
 
 def _check_matched(kl_found, kl_b, procedure, what):
