@@ -458,7 +458,7 @@ def frontier(
     FRONTIER_CHAINS), each a ``lax.scan`` that warm-starts every solve from the previous one (far fewer
     mirror-ascent steps than independent solves; dealing round-robin gives every chain a similar share of the
     slow small-β solves). On CPU the chains run side by side on the cores (:func:`_rows`), elsewhere as one
-    vmapped call. 64 β for bon:4: 2,059 steps as 2 contiguous chains, 2,134 dealt round-robin; see
+    vmapped call. 64 β for bon:4: 2,061 steps as 1 chain, 2,149 dealt round-robin to 2 chains; see
     docs/analytic.md for times. Returns an :class:`OptimalSolution` batched in the order of ``betas``."""
     procedure = as_procedure(procedure)
     beta_b, _ = _as_batch(betas, "betas", 0.0, 1e6)
