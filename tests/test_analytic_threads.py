@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infalign_jax.analytic import threads
+from infalign_jax.analytic import solver, threads
 from infalign_jax.analytic.solver import frontier, match_kl
 
 
@@ -48,9 +48,13 @@ def test_map_concurrently_reraises_and_nests_inline(monkeypatch):
     ]  # a single item runs in the caller's thread
 
 
-def test_results_do_not_depend_on_how_the_work_is_split():
+def test_results_do_not_depend_on_how_the_work_is_split(monkeypatch):
     betas = np.geomspace(0.05, 2.0, 7)
     runs = [frontier("bon:4", betas, chains=c) for c in (1, 2, 7)]
+    monkeypatch.setattr(solver, "split_rows", lambda: False)  # the accelerator path: one vmapped call
+    runs.append(frontier("bon:4", betas, chains=2))
+    vmapped = match_kl("bon:4", [0.3, 0.6])
+    monkeypatch.undo()
     for run in runs[1:]:  # the same fixed points (to the solver's tolerance) in the order of ``betas``
         np.testing.assert_allclose(run.beta, betas, rtol=0, atol=0)
         np.testing.assert_allclose(run.win_rate, runs[0].win_rate, rtol=0, atol=1e-10)
@@ -59,4 +63,7 @@ def test_results_do_not_depend_on_how_the_work_is_split():
     singles = [match_kl("bon:4", kl) for kl in (0.3, 0.6)]
     np.testing.assert_allclose(batch.kl, [0.3, 0.6], rtol=1e-6)
     for i, single in enumerate(singles):
-        assert abs(batch.win_rate[i] - single.win_rate) < 1e-10 and abs(batch.beta[i] - single.beta) < 1e-8
+        for other in (batch, vmapped):
+            assert (
+                abs(other.win_rate[i] - single.win_rate) < 1e-10 and abs(other.beta[i] - single.beta) < 1e-8
+            )
