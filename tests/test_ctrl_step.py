@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from infalign_jax.ctrl import bandit
 from infalign_jax.ctrl.objective import LossConfig
@@ -126,10 +127,11 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(got["params"], params, atol=1e-5)
 
 
-def test_update_gradients_equal_direct_autodiff():
-    """phase_update takes epoch 0's gradient from the vjp of the forward pass that gave the old log-probs;
-    with plain SGD (lr 1) every epoch's step must equal -grad of the surrogate loss by jax.grad (PPO clipping
-    and the k3 term active, 3 epochs, so epochs 1-2 run the forward + backward path)."""
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_update_gradients_equal_direct_autodiff(epochs):
+    """With one epoch phase_update takes the gradient from the vjp of the forward pass that gave the old
+    log-probs; with several, every epoch runs forward + backward in a scan. With plain SGD (lr 1) every
+    epoch's step must equal -grad of the surrogate loss by jax.grad (PPO clipping and the k3 term active)."""
     import jax.numpy as jnp
     import optax
 
@@ -140,7 +142,7 @@ def test_update_gradients_equal_direct_autodiff():
     policy = bandit.TabularPolicy()
     loss_cfg = LossConfig(beta=0.2, kl_mode="k3", clip_eps=0.2)
     cfg = StepConfig(
-        transform=parse_transform("exp:4"), loss=loss_cfg, num_samples=S, num_ref=K, ppo_epochs=3
+        transform=parse_transform("exp:4"), loss=loss_cfg, num_samples=S, num_ref=K, ppo_epochs=epochs
     )
     rng = np.random.default_rng(0)
     ref = {"logits": jnp.asarray(prob.ref_logits)}
@@ -161,7 +163,7 @@ def test_update_gradients_equal_direct_autodiff():
     adv = rloo_advantages(sequence_rewards(phi_ps, old, ref_logp, mask, loss_cfg)[0])
     loss = lambda p: pg_loss(policy.logprobs(p, batch, samples)[0], old, ref_logp, mask, adv, loss_cfg)[0]
     expected = params
-    for epoch in range(3):
+    for epoch in range(epochs):
         grads = jax.grad(loss)(expected)
         if epoch == 0:
             np.testing.assert_allclose(float(metrics["loss"]), float(loss(params)), rtol=1e-5)

@@ -221,18 +221,24 @@ def phase_update(
     """Policy-gradient update: RLOO advantages of Φ(u) − β·KL, ``ppo_epochs`` optimizer steps on the same
     samples.
 
-    With one PPO epoch this is two forward passes (π, keeping its residuals for epoch 0's backward pass, and
-    π_ref) and one backward pass; every further epoch adds a forward and a backward pass.
+    With one PPO epoch (the configs' default) this is two forward passes (π, keeping its residuals for the
+    backward pass, and π_ref) and one backward pass. With E > 1 epochs: forward passes of π (old log-probs,
+    no residuals) and π_ref, then E forward + backward passes in a ``lax.scan``: reusing the first forward's
+    residuals for epoch 0 there would keep them allocated beside the scan body's own activations (XLA does not
+    share a loop body's buffers with the enclosing computation's) — XLA's memory analysis for a 138M-parameter
+    Llama, 32 sequences of 192 tokens, 2 epochs: 19.6 GiB of temporaries instead of 11.0 GiB.
 
     A non-finite reward, loss or gradient leaves params and optimizer state unchanged and reports
     ``finite = 0`` (the loop stops with an error and writes no checkpoint).
     """
     samples = rollout["samples"]
     logprobs = lambda params: policy.logprobs(params, batch, samples)
-    # One forward pass gives both the old log-probs and, kept for its backward pass, the first epoch's
-    # gradient: at epoch 0 the policy IS the sampling policy (logp == old_logp), so
-    # d loss / d params = vjp(d loss / d logp at old_logp). Later PPO epochs run forward + backward again.
-    old_logp, logp_vjp, mask = jax.vjp(logprobs, state.params, has_aux=True)
+    if cfg.ppo_epochs == 1:
+        # One forward pass gives both the old log-probs and, kept for its backward pass, the gradient: the
+        # policy IS the sampling policy (logp == old_logp), so d loss / d params = vjp(d loss / d logp).
+        old_logp, logp_vjp, mask = jax.vjp(logprobs, state.params, has_aux=True)
+    else:
+        old_logp, mask = logprobs(state.params)
     old_logp = jax.lax.stop_gradient(old_logp)
     mask = mask.astype(jnp.float32)
     ref_logp, _ = policy.logprobs(state.ref_params, batch, samples)
@@ -252,13 +258,13 @@ def phase_update(
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return optimizer_step(params, opt_state, loss, aux, grads)
 
-    (loss, aux), dloss_dlogp = jax.value_and_grad(loss_of_logp, has_aux=True)(old_logp)
-    (grads,) = logp_vjp(dloss_dlogp)
-    carry, ep = optimizer_step(state.params, state.opt_state, loss, aux, grads)
-    ep = jax.tree.map(lambda x: x[None], ep)
-    if cfg.ppo_epochs > 1:
-        carry, later = jax.lax.scan(epoch, carry, None, length=cfg.ppo_epochs - 1)
-        ep = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ep, later)
+    if cfg.ppo_epochs == 1:
+        (loss, aux), dloss_dlogp = jax.value_and_grad(loss_of_logp, has_aux=True)(old_logp)
+        (grads,) = logp_vjp(dloss_dlogp)
+        carry, ep = optimizer_step(state.params, state.opt_state, loss, aux, grads)
+        ep = jax.tree.map(lambda x: x[None], ep)
+    else:
+        carry, ep = jax.lax.scan(epoch, (state.params, state.opt_state), None, length=cfg.ppo_epochs)
     new_params, new_opt = carry
     finite = _all_finite(
         scores["rewards_ps"], scores["ref_rewards_pk"], calib["phi_ps"], ep["loss"], ep["grad_norm"]
