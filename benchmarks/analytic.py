@@ -179,25 +179,19 @@ class NumpyModel:
         x = self.match_log_beta(kl_of, kl)
         return self.win_and_grad(np.exp(state["solutions"][x]))[0], math.exp(x)
 
-    def exponential(self, phi, beta):
-        """W and KL of the tilt p ∝ exp(Φ/β) (KL = Σ w·Φ/β − log Z, as in the solver)."""
+    def tilt_kl(self, phi, beta):
+        """Masses and KL of the tilt p ∝ exp(Φ/β) (KL = Σ w·Φ/β − log Z, as in the solver)."""
         z = phi / beta
         z = z - z.max()
         e = np.exp(z) * self.h
         total = e.sum()
         w = e / total
-        return self.win(w), float(np.dot(w, z)) - math.log(total)
+        return w, float(np.dot(w, z)) - math.log(total)
 
     def exponential_at_kl(self, t, kl):
         phi = self.c_c if t == 0 else np.expm1(t * self.c_c) / np.expm1(t)  # once per t, as in the solver
-        seen = {}
-
-        def kl_of(x):  # the win rate at the best β is kept, not recomputed
-            seen[x] = self.exponential(phi, math.exp(x))
-            return seen[x][1]
-
-        x = self.match_log_beta(kl_of, kl)
-        return seen[x][0], math.exp(x)
+        x = self.match_log_beta(lambda x: self.tilt_kl(phi, math.exp(x))[1], kl)  # KL only, as in the solver
+        return self.win(self.tilt_kl(phi, math.exp(x))[0]), math.exp(x)
 
     def best_exponential(self, kl, num_t=41, golden_steps=32):
         s = np.linspace(-1.0, 1.0, num_t)

@@ -266,27 +266,27 @@ def _exponential_at_beta(procedure, t, beta, u_m):
     return inference_win_rate(procedure, w, u_m), kl_to_reference(w, u_m)
 
 
-def _tilt_win_kl(procedure, phi_c, beta, u_m):
-    """W and KL of p ∝ exp(Φ/β) from Φ at the cell midpoints: one exp per cell (softmax) and no log — on
-    the tilt log(w/h) = Φ/β − log Z, so KL = Σ w·(Φ/β) − log Z."""
+def _tilt_kl(phi_c, beta, u_m):
+    """Masses ``w_c`` (M,) and KL of p ∝ exp(Φ/β) from Φ at the cell midpoints: one exp per cell (softmax)
+    and no log — on the tilt log(w/h) = Φ/β − log Z, so KL = Σ w·(Φ/β) − log Z."""
     z = phi_c / beta
     z = z - jnp.max(z)
     e = jnp.exp(z) * cell_widths(u_m)
     total = jnp.sum(e)
     w = e / total
-    return inference_win_rate(procedure, w, u_m), jnp.sum(w * z) - jnp.log(total)
+    return w, jnp.sum(w * z) - jnp.log(total)
 
 
 def _exponential_at_kl(procedure, t, kl, u_m) -> ExponentialPoint:
+    """The tilt by Φ_t at KL budget ``kl``: the secant in log β evaluates KL only (an exp and two sums per
+    cell, no CDF), and the win rate is computed once, at the matched β."""
     phi_c = exponential_transform(cell_midpoints(u_m), t)  # β does not change Φ_t: once per t
-
-    def kl_of(log_beta, carry):
-        win, kl_value = _tilt_win_kl(procedure, phi_c, jnp.exp(log_beta), u_m)
-        return kl_value, (win, kl_value)
-
-    zero = jnp.zeros((), jnp.float64)
-    log_beta, (win, kl_value), _ = _match_log_beta(kl_of, kl, MATCH_STEPS, (zero, zero))
-    return ExponentialPoint(t=jnp.asarray(t, jnp.float64), beta=jnp.exp(log_beta), win_rate=win, kl=kl_value)
+    kl_of = lambda log_beta, carry: (_tilt_kl(phi_c, jnp.exp(log_beta), u_m)[1], carry)
+    log_beta, _, _ = _match_log_beta(kl_of, kl, MATCH_STEPS, ())
+    beta = jnp.exp(log_beta)
+    w, kl_value = _tilt_kl(phi_c, beta, u_m)
+    win = inference_win_rate(procedure, w, u_m)
+    return ExponentialPoint(t=jnp.asarray(t, jnp.float64), beta=beta, win_rate=win, kl=kl_value)
 
 
 def _exponential_search(procedure, kl, t_fixed, search, u_m, num_t: int = 41, golden_steps: int = 32):
