@@ -38,7 +38,15 @@ def main():
     cfg = step_config(config)
     problem = PROBLEMS[config.problem](config, cfg)
     o = config.optim
-    tx = make_optimizer(o.lr, config.num_steps, o.warmup_steps, o.schedule, o.end_factor, o.weight_decay)
+    tx = make_optimizer(
+        o.lr,
+        config.num_steps,
+        o.warmup_steps,
+        o.schedule,
+        o.end_factor,
+        o.weight_decay,
+        updates_per_step=cfg.ppo_epochs,
+    )
     real_calibrate = train_step.calibrate
     runs = {}
     for mode in ("phased", "fused", "fused_nocal"):

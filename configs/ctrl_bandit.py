@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.beta = 0.338
     c.num_samples = 1024  # S policy samples per prompt (>= 2)
     c.num_ref = 256  # K reference samples per prompt
-    c.reference = "online"  # online: K samples of π_ref drawn in the step; offline: a calibration table
+    c.reference = "online"  # K samples of π_ref drawn in the step (offline tables: problem "hh" only)
     c.calibration_method = "auto"
     c.kl_mode = "k1"  # k1: sequence KL in the reward; k3: per-token KL in the loss
     c.clip_eps = 0.0  # PPO ratio clipping epsilon; 0 disables

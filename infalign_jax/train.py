@@ -33,7 +33,7 @@ from infalign_jax.ctrl.objective import LossConfig
 from infalign_jax.ctrl.train_step import CtrlProblem, CtrlTrainer, StepConfig, make_optimizer
 from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedure, parse_transform
 from infalign_jax.io_utils import atomic_write_json
-from infalign_jax.mesh import make_mesh
+from infalign_jax.mesh import DATA, make_mesh
 from infalign_jax.metrics_log import MetricsWriter
 
 
@@ -113,9 +113,15 @@ def _mesh(config):
     if n > len(jax.devices()):
         raise UsageError(f"mesh data={data} x fsdp={fsdp} needs {n} devices, have {len(jax.devices())}")
     try:
-        return make_mesh(data, fsdp, jax.devices()[:n])
+        mesh = make_mesh(data, fsdp, jax.devices()[:n])
     except ValueError as e:
         raise UsageError(str(e)) from e
+    if config.prompts_per_step % mesh.shape[DATA]:
+        raise UsageError(
+            f"prompts_per_step={config.prompts_per_step} must be divisible by the mesh's data axis "
+            f"({mesh.shape[DATA]} devices): the prompt batch is sharded over it"
+        )
+    return mesh
 
 
 def host_tree(tree):
@@ -141,6 +147,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
         o.b1,
         o.b2,
         max_grad_norm=float(o.max_grad_norm) or None,
+        updates_per_step=cfg.ppo_epochs,
     )
     trainer = CtrlTrainer(problem.policy, problem.scorer, cfg, tx, _mesh(config))
     state = trainer.init_state(problem.params, problem.ref_params, problem.env, config.seed)

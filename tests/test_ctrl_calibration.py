@@ -101,6 +101,10 @@ def test_bad_table_contents(tmp_path):
     np.savez(path, u=np.array([0.0, 0.7, 0.5]), phi=np.array([0.0, 0.2, 1.0]))
     with pytest.raises(UsageError, match="increasing"):
         parse_transform(f"table:{path}")
+    npy = tmp_path / "phi.npy"  # a bare array, not an npz with u and phi
+    np.save(npy, np.array([0.0, 0.2, 1.0]))
+    with pytest.raises(UsageError, match="not an npz with arrays 'u' and 'phi'"):
+        parse_transform(f"table:{npy}")
 
 
 def test_sign_check_against_procedure():

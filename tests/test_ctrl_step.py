@@ -69,6 +69,27 @@ def _run(
     )
 
 
+def test_lr_schedule_counts_train_steps_not_epochs():
+    """With E updates per train step (ppo_epochs) every update of step k uses the schedule's value at k, so a
+    run's schedule spans its num_steps train steps. Adam on a constant gradient moves by exactly lr per update
+    (m̂ = g, v̂ = g², up to eps; b1 = b2 = 0.5 keep the bias corrections exact in float32), so the moves ARE
+    the learning rates: cosine over 4 steps from 0.1 to 0."""
+    import optax
+
+    tx = make_optimizer(
+        0.1, 4, schedule="cosine", b1=0.5, b2=0.5, eps=1e-12, max_grad_norm=None, updates_per_step=2
+    )
+    params = np.zeros(3, np.float32)
+    state = tx.init(params)
+    moves = []
+    for _ in range(8):
+        updates, state = tx.update(np.ones(3, np.float32), state, params)
+        params = optax.apply_updates(params, updates)
+        moves.append(-float(updates[0]))
+    base = [0.1 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]
+    np.testing.assert_allclose(moves, np.repeat(base, 2), rtol=1e-6)
+
+
 def test_sharding_invariance_and_phased_equals_fused():
     """1 device (fused and phased) vs 8 devices vs data=4 x fsdp=2, with k3 KL and 2 clipped PPO epochs."""
     kw = dict(kl_mode="k3", clip_eps=0.2, ppo_epochs=2)

@@ -69,6 +69,8 @@ def final_logits(workdir, step):
         ({"transform": "exp:3", "procedure": "won:4"}, "worst-of-N"),
         ({"procedure": "bon:x"}, "procedure .bon:x."),
         ({"problem": "chess"}, "unknown problem"),
+        ({"transform": "exp:-3", "procedure": " BoN:4"}, "best-of-N"),  # spec normalized like the solver's
+        ({"calibration_method": "bogus"}, "calibration_method"),
     ],
 )
 def test_invalid_configs_fail_at_start(repo_root, override, message):
@@ -81,6 +83,21 @@ def test_cli_invalid_config_exits_2_and_writes_nothing(repo_root, tmp_path):
         cli(repo_root, tmp_path / "w", beta=0.0), capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 2 and "error: beta must be > 0" in res.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_offline_reference_is_rejected_for_the_bandit(repo_root, tmp_path):
+    """The bandit has no offline calibration table: one clear error from train(), nothing written."""
+    with pytest.raises(UsageError, match="bandit problem draws its reference rewards online"):
+        train(tiny_config(repo_root, num_steps=1, reference="offline"), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_prompt_batch_must_divide_over_the_data_axis(repo_root, tmp_path):
+    """8 fake devices (conftest): a data axis of 8 cannot shard 3 prompts; one clear error, no workdir."""
+    config = tiny_config(repo_root, num_steps=1, prompts_per_step=3, **{"mesh.data": 8})
+    with pytest.raises(UsageError, match="prompts_per_step=3 must be divisible by the mesh's data axis"):
+        train(config, tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from infalign_jax.analytic.objectives import inference_win_rate, kl_to_reference, tilt, uniform_grid
 from infalign_jax.analytic.procedures import parse_procedure
+from infalign_jax.cli import UsageError
 from infalign_jax.ctrl.train_step import CtrlProblem
 
 EVAL_PROCEDURES = {"bon:4": "bon:4", "won:4": "won:4", "standard": "identity"}
@@ -185,6 +186,11 @@ def evaluate(problem: BanditProblem, logits_cv, transform, beta: float, num_ref:
 
 def build_problem(config, step_cfg) -> CtrlProblem:
     """The CLI's bandit task (configs/ctrl_bandit.py): tabular policy initialized at π_ref."""
+    if step_cfg.reference != "online":
+        raise UsageError(
+            f"reference={step_cfg.reference!r}: the bandit problem draws its reference rewards online "
+            "(offline calibration tables exist for problem 'hh' only)"
+        )
     bc = config.bandit
     problem = make_bandit(bc.num_contexts, bc.num_responses, bc.ref_scale, bc.seed)
     rewards = problem.rewards.copy()

@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from infalign_jax.cli import UsageError
-from infalign_jax.ctrl.calibration import calibrate, sort_reference
+from infalign_jax.ctrl.calibration import METHODS, calibrate, sort_reference
 from infalign_jax.ctrl.objective import LossConfig, pg_loss, rloo_advantages, sequence_rewards
 from infalign_jax.ctrl.transforms import Transform
 from infalign_jax.mesh import DATA, FSDP, replicated
@@ -80,6 +80,10 @@ class StepConfig:
             raise UsageError(
                 "ppo_epochs > 1 needs clip_eps (PPO clipping) to keep later epochs near the samples"
             )
+        if self.calibration_method not in METHODS:
+            raise UsageError(
+                f"unknown calibration_method {self.calibration_method!r}; expected one of {METHODS}"
+            )
 
 
 @jax.tree_util.register_dataclass
@@ -116,10 +120,18 @@ def make_optimizer(
     b2: float = 0.999,
     eps: float = 1e-8,
     max_grad_norm: float | None = 1.0,
+    updates_per_step: int = 1,
 ) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW with warmup + (cosine | linear | constant) schedule."""
+    """Global-norm clipping then AdamW with warmup + (cosine | linear | constant) schedule.
+
+    ``total_steps`` and ``warmup_steps`` count TRAIN steps; a train step makes ``updates_per_step`` optimizer
+    updates (its ``ppo_epochs``), which all use that step's learning rate — so the schedule spans the run
+    whatever the number of epochs (counted in updates, it would end ``ppo_epochs`` times too early and leave
+    the rest of the run at the end learning rate)."""
     if lr <= 0:
         raise UsageError(f"learning rate must be > 0, got {lr}")
+    if updates_per_step < 1:
+        raise UsageError(f"updates_per_step must be >= 1, got {updates_per_step}")
     decay_steps = max(total_steps - warmup_steps, 1)
     if schedule == "cosine":
         decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=end_factor)
@@ -134,6 +146,9 @@ def make_optimizer(
         if warmup_steps <= 0
         else optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay], [warmup_steps])
     )
+    if updates_per_step > 1:
+        per_step = sched
+        sched = lambda count: per_step(count // updates_per_step)
     parts = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
     parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     return optax.chain(*parts)

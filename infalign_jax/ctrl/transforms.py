@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infalign_jax.analytic.procedures import parse_procedure
 from infalign_jax.analytic.transforms import exponential_transform
 from infalign_jax.cli import UsageError
 from infalign_jax.ctrl.calibration import reference_median
@@ -83,7 +84,10 @@ def _load_table(path: str, spec: str) -> tuple[np.ndarray, np.ndarray]:
     if not os.path.exists(path):
         raise UsageError(f"transform {spec!r}: file {path!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file loads as a bare array
+            raise ValueError("it holds a single array")
+        with z:
             u, phi = np.asarray(z["u"], np.float64), np.asarray(z["phi"], np.float64)
     except (KeyError, ValueError, OSError) as e:
         raise UsageError(f"transform {spec!r}: {path!r} is not an npz with arrays 'u' and 'phi' ({e})") from e
@@ -129,7 +133,7 @@ def check_transform_for_procedure(transform: Transform, procedure_spec: str) -> 
     """Rejects exp:T whose sign contradicts the target procedure: BoN needs T > 0, WoN needs T < 0."""
     if transform.kind != "exp":
         return
-    head = procedure_spec.split(":", 1)[0]
+    head = parse_procedure(procedure_spec).spec.partition(":")[0]  # normalized ('BoN:4' -> 'bon')
     if head == "bon" and transform.t < 0:
         raise UsageError(
             f"transform {transform.spec!r} has t < 0 but procedure {procedure_spec!r} is best-of-N "
