@@ -244,6 +244,29 @@ def test_hf_config_roundtrip():
         ModelConfig.llama(num_heads=4, num_kv_heads=3)
 
 
+def test_gemma3_configs_read_as_transformers_does():
+    """The multimodal wrapper of google/gemma-3-4b-it lists six text keys; the rest are transformers'
+    Gemma3TextConfig defaults (8 heads, 4 KV heads, head_dim 256, vocab 262208); its top-level EOS ids win.
+    attn_logit_softcapping is ignored, as transformers' Gemma 3 attention ignores it, and a config that
+    soft-caps attention cannot be exported."""
+    text = {
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 34,
+    }
+    text.update(rope_scaling={"factor": 8.0, "rope_type": "linear"}, sliding_window=1024)
+    cfg = ModelConfig.from_hf_config({"model_type": "gemma3", "eos_token_id": [1, 106], "text_config": text})
+    got = (cfg.vocab_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.query_scale, cfg.eos_token_ids)
+    assert got == (262_208, 8, 4, 256, 256**-0.5, (1, 106))
+    assert (cfg.rope.rope_type, cfg.rope.factor, cfg.rope_local.rope_type) == ("linear", 8.0, "default")
+    assert cfg.layer_types == (("sliding",) * 5 + ("full",)) * 5 + ("sliding",) * 4
+    hf = load("gemma3")[0].config.to_hf_config()
+    assert ModelConfig.from_hf_config({**hf, "attn_logit_softcapping": 50.0}).attn_logit_softcap is None
+    with pytest.raises(UsageError, match="attn_logit_softcap has no Hugging Face equivalent"):
+        ModelConfig.gemma3(num_layers=6, attn_logit_softcap=50.0).to_hf_config()
+
+
 def test_greedy_decode_matches_transformers_generate():
     """prefill + decode_step greedy loop reproduces transformers' generate(do_sample=False) tokens."""
     golden = json.loads((FIX / "llama_greedy.json").read_text())

@@ -71,3 +71,35 @@ def test_gguf_errors(tmp_path):
         gguf_io.hf_tensor_name("blk.7.ffn_norm.weight") == "model.layers.7.pre_feedforward_layernorm.weight"
     )
     assert gguf_io.hf_tensor_name("blk.7.mystery.weight") is None
+
+
+def test_gguf_config_reads_rope_scaling():
+    """llama.cpp stores the HF rope_scaling of Gemma 3 4B/12B/27B (linear, factor 8) as rope.scaling.*: it
+    applies to the global layers only; the 270M file has none; other scaling types are refused."""
+    meta = {
+        "general.architecture": "gemma3",
+        "tokenizer.ggml.tokens": [f"t{i}" for i in range(32)],
+        **{
+            f"gemma3.{k}": v
+            for k, v in {
+                "embedding_length": 64,
+                "feed_forward_length": 96,
+                "block_count": 6,
+                "attention.head_count": 4,
+                "attention.head_count_kv": 2,
+                "attention.key_length": 16,
+                "attention.layer_norm_rms_epsilon": 1e-6,
+                "context_length": 128,
+                "attention.sliding_window": 8,
+                "rope.freq_base": 1e6,
+            }.items()
+        },
+    }
+    plain = gguf_io.gguf_config(meta, {"token_embd.weight"})
+    assert plain.rope.rope_type == "default"
+    linear = {"gemma3.rope.scaling.type": "linear", "gemma3.rope.scaling.factor": 8.0}
+    scaled = gguf_io.gguf_config({**meta, **linear}, {"token_embd.weight"})
+    assert (scaled.rope.rope_type, scaled.rope.factor, scaled.rope.theta) == ("linear", 8.0, 1e6)
+    assert scaled.rope_local == plain.rope_local and scaled.rope_local.rope_type == "default"
+    with pytest.raises(UsageError, match="unsupported RoPE scaling 'yarn'"):
+        gguf_io.gguf_config({**meta, "gemma3.rope.scaling.type": "yarn"}, {"token_embd.weight"})

@@ -174,6 +174,14 @@ def test_decoder_backbone_tiny_random(tmp_path):
     grads = nnx.grad(lambda m: m(*batch).sum())(net)
     assert float(jnp.abs(grads["decoder"]["embed"][...]).max()) == 0.0
     assert float(jnp.abs(grads["head"]["hidden"]["kernel"][...]).max()) > 0.0
+    # A truncated prompt keeps BOS first, then its LAST max_prompt_tokens - 1 tokens.
+    short = build_reward_model(
+        RewardSpec(backbone="decoder", decoder_path=str(tmp_path / "dec"), max_prompt_tokens=8), seed=0
+    )
+    enc = short.encode([PROMPTS[1]], RESPONSES[1:2])
+    prompt_ids = tok.encode(PROMPTS[1], add_special_tokens=False)
+    assert len(prompt_ids) > 8
+    assert enc.prompt_bp[0][enc.prompt_mask_bp[0] == 1].tolist() == [tok.bos_token_id, *prompt_ids[-7:]]
 
 
 def test_trained_filter_selects_top_layers_and_head(rm):

@@ -190,7 +190,7 @@ class ModelConfig:
         """Reads a Hugging Face ``config.json`` dict of a Llama / Qwen2 / Gemma 3 (text) causal LM."""
         model_type = cfg.get("model_type")
         if model_type == "gemma3" and "text_config" in cfg:  # multimodal wrapper: use its text part
-            cfg = {**cfg["text_config"], "model_type": "gemma3_text"}
+            cfg = _gemma3_text_config(cfg)
             model_type = "gemma3_text"
         arch = _ARCH_FROM_MODEL_TYPE.get(model_type)
         if arch is None:
@@ -251,7 +251,8 @@ class ModelConfig:
                 sliding_window=cfg.get("sliding_window") if SLIDING in types else None,
                 rope=RopeConfig.from_hf(full, 1e6),
                 rope_local=RopeConfig.from_hf(local, 1e4),
-                attn_logit_softcap=cfg.get("attn_logit_softcapping"),
+                # attn_logit_softcapping is NOT read: transformers' Gemma3Attention ignores it (a Gemma 2
+                # leftover), so honouring a non-null value would break parity with it.
                 final_logit_softcap=cfg.get("final_logit_softcapping"),
             )
         rope_dict = (
@@ -290,6 +291,11 @@ class ModelConfig:
 
     def to_hf_config(self) -> dict[str, Any]:
         """A ``config.json`` dict that transformers (5.x) loads as the matching ``*ForCausalLM``."""
+        if self.attn_logit_softcap:
+            raise UsageError(
+                "attn_logit_softcap has no Hugging Face equivalent for these architectures (transformers' "
+                "Llama, Qwen2 and Gemma 3 do not soft-cap attention logits): cannot export this config"
+            )
         act = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[self.activation]
         out: dict[str, Any] = {
             "architectures": [ARCHITECTURES[self.arch]],
@@ -324,7 +330,7 @@ class ModelConfig:
                 sliding_window=self.sliding_window or 4096,
                 layer_types=hf_types,
                 rope_parameters={"full_attention": self.rope.to_hf(), "sliding_attention": local.to_hf()},
-                attn_logit_softcapping=self.attn_logit_softcap,
+                attn_logit_softcapping=None,  # transformers' Gemma 3 ignores it (refused above)
                 final_logit_softcapping=self.final_logit_softcap,
             )
         else:
@@ -339,6 +345,23 @@ class ModelConfig:
                 if use_sw:
                     out["max_window_layers"] = self.layer_types.index(SLIDING)
         return out
+
+
+def _gemma3_text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The text part of a multimodal Gemma 3 ``config.json`` as transformers builds it: published wrappers
+    list only the keys that differ from ``Gemma3TextConfig``'s defaults (e.g. gemma-3-4b-it: six keys), so
+    the defaults come from transformers itself; token ids given at the top level take precedence."""
+    from transformers import Gemma3TextConfig
+
+    text = {k: v for k, v in dict(cfg["text_config"] or {}).items() if k != "model_type"}
+    try:
+        full = Gemma3TextConfig(**text).to_dict()
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"config.json: invalid Gemma 3 text_config ({e})") from None
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if cfg.get(key) is not None and key not in text:
+            full[key] = cfg[key]
+    return {**full, "model_type": "gemma3_text"}
 
 
 def _hf_layer_types(cfg: dict[str, Any], n_layers: int, default_pattern: int) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ from infalign_jax.cli import UsageError
 from infalign_jax.models.config import ModelConfig
 
 GEMMA3_270M = "gemma3-270m"
-_CONVERSION_VERSION = 1  # part of the cache key: bump when the conversion changes
+_CONVERSION_VERSION = 2  # part of the cache key: bump when the conversion changes (2: RoPE scaling read)
 _ALIGNMENT = 32
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
@@ -184,6 +184,12 @@ def gguf_config(meta: dict[str, Any], tensor_names) -> ModelConfig:
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
     }
+    # llama.cpp writes the HF rope_scaling of Gemma 3 4B/12B/27B (linear, factor 8; global layers only).
+    scaling = meta.get("gemma3.rope.scaling.type")
+    if scaling == "linear":
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}
+    elif scaling not in (None, "none"):
+        raise UsageError(f"unsupported RoPE scaling {scaling!r} in the GGUF metadata; supported: linear")
     return ModelConfig.from_hf_config(hf)
 
 

@@ -311,15 +311,15 @@ class RewardModel:
     def encode(
         self, prompts: Sequence[str], responses: Sequence[str], batch: int | None = None
     ) -> EncodedPairs:
-        """Tokenizes and pads to buckets: prompts keep their LAST ``max_prompt_tokens`` tokens, responses
-        their FIRST ``max_response_tokens``. Rows are padded to ``batch`` (default: the batch bucket)."""
+        """Tokenizes and pads to buckets: prompts keep their LAST ``max_prompt_tokens`` tokens (counting the
+        backbone's prompt prefix, e.g. BOS, which always stays first), responses their FIRST
+        ``max_response_tokens``. Rows are padded to ``batch`` (default: the batch bucket)."""
         if len(prompts) != len(responses):
             raise UsageError(f"{len(prompts)} prompts but {len(responses)} responses")
         s = self.spec
-        p_ids = self._tokenize(prompts)
-        if self._tokenize.prompt_prefix:
-            p_ids = [self._tokenize.prompt_prefix + x for x in p_ids]
-        p_ids = [x[len(x) - s.max_prompt_tokens :] if len(x) > s.max_prompt_tokens else x for x in p_ids]
+        prefix = self._tokenize.prompt_prefix  # e.g. BOS: kept in front of a truncated prompt
+        keep = max(s.max_prompt_tokens - len(prefix), 0)
+        p_ids = [prefix + (x[len(x) - keep :] if len(x) > keep else x) for x in self._tokenize(prompts)]
         r_ids = [x[: s.max_response_tokens] for x in self._tokenize(responses)]
         n = len(p_ids)
         b = batch if batch is not None else bucket_size(max(n, 1), s.batch_buckets)
