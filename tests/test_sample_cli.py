@@ -59,6 +59,7 @@ def test_readable_output_matches_json(model_dir, capsys):
         ["--n", "two"],
         ["--model", "/nonexistent/model"],
         ["--bogus-flag"],
+        ["--seed", str(2**64)],
     ],
 )
 def test_bad_arguments_exit_2(model_dir, bad, capsys):

@@ -181,3 +181,33 @@ def test_bad_arguments(llama):
         Sampler(llama, length_buckets=(8,)).sample([[1] * 9], n=2, max_new_tokens=4, seed=0)
     with pytest.raises(UsageError, match="eos_ids"):
         Sampler(llama, eos_ids=range(9))
+    for seed in (-1, 2**32, 2**64, 1.5, True):  # JAX keeps a seed's low 32 bits: 2**32 would equal seed 0
+        with pytest.raises(UsageError, match="seed must be an integer"):
+            sampler.sample([[1]], n=2, max_new_tokens=4, seed=seed)
+    # Positions: the real prompt length counts, not its bucket (the fixture has 128 positions).
+    with pytest.raises(UsageError, match="prompt of 29 tokens . max_new_tokens 100 exceeds"):
+        sampler.sample([[1] * 29], n=2, max_new_tokens=100, seed=0)
+
+
+def test_long_bucket_and_raw_key(llama, golden, c2_out):
+    """A 20-token prompt (bucket 32) may generate 108 tokens on a 128-position model, and a legacy raw key
+    (jax.random.PRNGKey) gives the samples of the same seed."""
+    out = Sampler(llama).sample([[1] * 20], n=1, max_new_tokens=108, seed=0, config=SamplingConfig(0.0))
+    assert out.tokens.shape == (1, 1, 108)
+    raw = Sampler(llama).sample(golden[0], n=4, max_new_tokens=16, key=jax.random.PRNGKey(0), config=C2)
+    np.testing.assert_array_equal(raw.tokens, c2_out.tokens)
+
+
+def test_batch_padding_rows_start_finished(llama):
+    """generate(live_b=...): a padding row is finished from step 0 (pad tokens, mask False after its first
+    token), so it cannot keep the decode loop running once the real rows have ended."""
+    from infalign_jax.sampling import generate
+
+    tokens, mask = pad_prompts([[1, 5, 9], [1, 7]], batch_multiple=4)
+    keys = jax.random.split(jax.random.key(0), 4)
+    live = np.array([True, True, False, False])
+    out = jax.jit(
+        lambda t, m, k: generate(llama, t, m, k, n=2, max_new_tokens=6, config=C2, pad_id=0, live_b=live)
+    )(tokens, mask, keys)
+    assert not np.asarray(out.mask)[2:, :, 1:].any() and not np.asarray(out.tokens)[2:, :, 1:].any()
+    assert np.asarray(out.mask)[:2].all()  # no EOS: the real rows run all 6 steps

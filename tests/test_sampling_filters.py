@@ -155,3 +155,34 @@ def test_greedy_is_argmax(logits):
     tok, lp = sample_token(jax.random.split(jax.random.key(0), 4), jnp.asarray(logits), SamplingConfig(0.0))
     np.testing.assert_array_equal(np.asarray(tok), logits.argmax(-1))
     np.testing.assert_array_equal(np.asarray(lp), 0.0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SamplingConfig(top_k=1), SamplingConfig(top_k=2), SamplingConfig(top_k=10, top_p=0.5)],
+    ids=str,
+)
+def test_sample_token_keeps_ties_like_filter_logits(config):
+    """Three tokens tie for the max: filter_logits keeps all three at the k-th value (top-k) and at the
+    nucleus boundary (top-p), so sample_token must draw all of them, with log-prob log(1/3)."""
+    logits_v = np.full(64, -5.0, np.float32)
+    logits_v[[7, 20, 40]] = 2.0
+    ref = np.asarray(filter_logits(jnp.asarray(logits_v), config))
+    assert set(np.flatnonzero(np.isfinite(ref) & (ref > -1e30))) == {7, 20, 40}
+    tok, lp = draw(logits_v, config, 600)
+    assert set(np.unique(tok)) == {7, 20, 40}  # P(one missing in 600 draws) < 3·(2/3)^600
+    np.testing.assert_allclose(lp, np.log(1 / 3), rtol=1e-6)
+
+
+def test_tiny_temperature_is_greedy_with_finite_logprobs(logits):
+    """(logits − max) / T: at T = 2e-38 (a normal float32) logits / T would overflow to ±inf (NaN softmax);
+    below float32's smallest normal number a temperature is refused (XLA flushes it to 0)."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    with pytest.raises(UsageError, match="smallest normal"):
+        SamplingConfig(temperature=1e-40)
+    big = logits * 10  # |logits| up to ~60: 60 / 2e-38 overflows float32
+    assert not np.isfinite(np.asarray(jnp.asarray(big, jnp.float32) / np.float32(2e-38))).all()
+    for config in [SamplingConfig(temperature=2e-38), SamplingConfig(temperature=2e-38, top_k=5)]:
+        tok, lp = sample_token(keys, jnp.asarray(big), config)
+        np.testing.assert_array_equal(np.asarray(tok), logits.argmax(-1))
+        np.testing.assert_array_equal(np.asarray(lp), 0.0)

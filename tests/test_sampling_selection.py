@@ -87,3 +87,10 @@ def test_select_ties_and_bad_rewards(setup):
         select(cand, np.full((2, 4), np.nan))
     with pytest.raises(UsageError, match="needs at least"):
         select(cand, tied, kth_rule(5))
+    # Unsigned and bool rewards (e.g. a pass/fail verifier) rank like floats: -r must not wrap around.
+    unsigned = np.array([[1, 0, 2, 1], [0, 3, 3, 1]], np.uint8)
+    np.testing.assert_array_equal(select(cand, unsigned, kth_rule(1)).index, [2, 1])
+    np.testing.assert_array_equal(select(cand, unsigned, kth_rule(4)).index, [1, 0])
+    np.testing.assert_array_equal(select(cand, unsigned, kth_rule(1)).reward, [2.0, 3.0])
+    passed = np.array([[False, True, False, True], [False, False, False, False]])
+    np.testing.assert_array_equal(select(cand, passed, kth_rule(1)).index, [1, 0])

@@ -26,6 +26,9 @@ from infalign_jax.cli import UsageError
 NEG_INF = -jnp.inf
 
 
+MIN_TEMPERATURE = float(jnp.finfo(jnp.float32).tiny)  # smaller positive temperatures are subnormal in float32
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     """How to turn next-token logits into a token. Hashable: it is a static argument of the jitted sampler.
@@ -45,6 +48,11 @@ class SamplingConfig:
     def __post_init__(self):
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise UsageError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # float32 would flush it to 0 (0/0 logits)
+            raise UsageError(
+                f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE:.3g} (float32's smallest normal "
+                f"number), got {self.temperature}"
+            )
         if int(self.top_k) != self.top_k or self.top_k < 0:
             raise UsageError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
@@ -58,8 +66,11 @@ class SamplingConfig:
 
 
 def apply_temperature(logits_v: jax.Array, temperature: float) -> jax.Array:
-    """``logits / temperature`` (temperature > 0)."""
-    return logits_v / jnp.asarray(temperature, logits_v.dtype)
+    """``(logits − max) / temperature`` (temperature > 0): the same distribution as ``logits / temperature``,
+    and finite for any positive temperature — unshifted, a tiny one (e.g. 1e-40) overflows the logits to ±inf
+    and the softmax to NaN; shifted, the largest logits stay 0 and the rest go to −inf (greedy-like)."""
+    shifted = logits_v - jnp.max(logits_v, -1, keepdims=True)
+    return shifted / jnp.asarray(temperature, logits_v.dtype)
 
 
 def top_k_candidates(logits_v: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -190,26 +201,39 @@ def sample_token(keys: jax.Array, logits_v: jax.Array, config: SamplingConfig) -
 
     ``logprob`` is the log-probability of the token under that sampling distribution (temperature and filters
     applied; 0 for greedy). keys: one typed key per row (``logits.shape[:-1]``). With top-k only the k
-    candidates from ``lax.top_k`` are normalized and sampled (top-p then acts on the k sorted values), never
-    the full vocabulary.
+    candidates from ``lax.top_k`` are normalized and sampled (top-p then acts on the k sorted values, keeping
+    values tied with the last one kept), never the full vocabulary — unless a row has tokens outside the k
+    candidates tied with the k-th value (:func:`filter_logits` keeps all of them): then, for that call only,
+    the whole batch takes the full-vocabulary path (one extra compare-and-count pass over V detects it).
     """
     logits_v = logits_v.astype(jnp.float32)
     if config.greedy:
         tok = jnp.argmax(logits_v, -1).astype(jnp.int32)
         return tok, jnp.zeros(tok.shape, jnp.float32)
     scaled_v = apply_temperature(logits_v, config.temperature)
-    if 0 < config.top_k < logits_v.shape[-1]:
-        vals_k, idx_k = top_k_candidates(scaled_v, config.top_k)  # sorted, descending
+
+    def full_vocabulary(_):
+        filtered_v = top_p_filter(top_k_filter(scaled_v, config.top_k), config.top_p)
+        tok = sample_categorical(keys, filtered_v)
+        return tok, _log_softmax_at(filtered_v, tok)
+
+    if not 0 < config.top_k < logits_v.shape[-1]:
+        return full_vocabulary(None)
+    vals_k, idx_k = top_k_candidates(scaled_v, config.top_k)  # sorted, descending
+
+    def candidates(_):
+        vals = vals_k
         if config.top_p < 1.0:
-            probs_k = jax.nn.softmax(vals_k, -1)
-            mass_before_k = jnp.cumsum(probs_k, -1) - probs_k
-            vals_k = jnp.where(mass_before_k < config.top_p, vals_k, NEG_INF)
-        j = sample_categorical(keys, vals_k)
+            probs_k = jax.nn.softmax(vals, -1)
+            kept = jnp.cumsum(probs_k, -1) - probs_k < config.top_p  # a prefix of the sorted values
+            last_kept = jnp.min(jnp.where(kept, vals, jnp.inf), -1, keepdims=True)
+            vals = jnp.where(vals >= last_kept, vals, NEG_INF)  # ties with the last kept value stay
+        j = sample_categorical(keys, vals)
         tok = jnp.take_along_axis(idx_k, j[..., None], -1)[..., 0].astype(jnp.int32)
-        return tok, _log_softmax_at(vals_k, j)
-    filtered_v = top_p_filter(scaled_v, config.top_p)
-    tok = sample_categorical(keys, filtered_v)
-    return tok, _log_softmax_at(filtered_v, tok)
+        return tok, _log_softmax_at(vals, j)
+
+    tied_beyond_k = jnp.sum(scaled_v >= vals_k[..., -1:], -1) > config.top_k
+    return jax.lax.cond(jnp.any(tied_beyond_k), full_vocabulary, candidates, None)
 
 
 def model_logprob(logits_v: jax.Array, tok: jax.Array) -> jax.Array:

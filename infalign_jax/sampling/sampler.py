@@ -95,6 +95,7 @@ def generate(
     eos_ids=(),
     pad_id=0,
     batch_sharding: NamedSharding | None = None,
+    live_b: jax.Array | None = None,
 ) -> SampleOutput:
     """Samples ``n`` continuations of each of the B left-padded prompts (pure; call it under ``jax.jit``).
 
@@ -107,6 +108,11 @@ def generate(
       early stopping. pad_id: token written after the end (may be traced).
     batch_sharding: optional sharding of [B]-leading inputs; the [L, N, B] loop buffers are constrained to
       shard their B axis the same way.
+    live_b: optional bool [B], False for batch-padding rows: they start finished, so they never keep the loop
+      running after every real sequence has ended (their outputs are meaningless; callers drop them).
+
+    Positions are not checked against the model's ``max_position_embeddings`` here (the real prompt lengths
+    are traced); :meth:`Sampler.sample` checks them on the host.
     """
     if max_new_tokens < 1 or n < 1:
         raise UsageError(f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}")
@@ -129,13 +135,15 @@ def generate(
         tok, slp = sample_token(_row_keys(keys_b, n, step), sample_logits, config)
         return tok, model_logprob(logits_nbv, tok), slp
 
-    logits_bv, prefix_cache = model.prefill(prompt_bt, prompt_mask_bt, max_new_tokens)
+    logits_bv, prefix_cache = model.prefill(prompt_bt, prompt_mask_bt)
     stages = cache_stages(L)
     new_cache = lambda m: jax.vmap(lambda _: model.init_sample_cache(B, m))(jnp.arange(n))
     decode_n = jax.vmap(model.decode_step, in_axes=(0, None, None, 0))
 
     tok, lp, slp = pick(0, jnp.broadcast_to(logits_bv, (n, *logits_bv.shape)))
     done = jnp.isin(tok, eos_e)
+    if live_b is not None:
+        done = done | ~jnp.asarray(live_b, bool)[None, :]
     buf = lambda fill, dtype, first: constrain(jnp.full((L, n, B), fill, dtype).at[0].set(first), 2)
     carry = (
         jnp.int32(0),
@@ -180,6 +188,26 @@ def generate(
         logprobs=bnl(out_lp),
         sample_logprobs=bnl(out_slp),
     )
+
+
+def seed_key(seed: int) -> jax.Array:
+    """``jax.random.key(seed)`` for a seed in [0, 2**32): without x64 JAX keeps only a seed's low 32 bits, so
+    larger seeds would silently collide (2**32 gives the samples of 0); anything else is a UsageError."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
+        raise UsageError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return jax.random.key(int(seed))
+
+
+def as_typed_key(key) -> jax.Array:
+    """A typed PRNG key from a typed key or legacy raw key data (``jax.random.PRNGKey``: uint32 [2])."""
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.ndim:
+            raise UsageError(f"key must be a single PRNG key, got shape {key.shape}")
+        return key
+    if key.dtype != jnp.uint32 or key.shape != (2,):
+        raise UsageError(f"key must be a typed PRNG key or uint32 key data [2], got {key.dtype}{key.shape}")
+    return jax.random.wrap_key_data(key)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -227,9 +255,12 @@ def trace_count() -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n", "max_new_tokens", "config", "mesh"))
-def _sample_jit(state, prompt_bt, mask_bt, key, eos_e, pad_id, *, graphdef, n, max_new_tokens, config, mesh):
+def _sample_jit(
+    state, prompt_bt, mask_bt, key, eos_e, pad_id, num_prompts, *, graphdef, n, max_new_tokens, config, mesh
+):
     _TRACES[0] += 1  # runs only while tracing
-    keys_b = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(prompt_bt.shape[0]))
+    rows_b = jnp.arange(prompt_bt.shape[0])
+    keys_b = jax.vmap(lambda i: jax.random.fold_in(key, i))(rows_b)
     return generate(
         nnx.merge(graphdef, state).decoder(),
         prompt_bt,
@@ -241,6 +272,7 @@ def _sample_jit(state, prompt_bt, mask_bt, key, eos_e, pad_id, *, graphdef, n, m
         eos_ids=eos_e,
         pad_id=pad_id,
         batch_sharding=data_sharding(mesh, 1) if mesh is not None else None,
+        live_b=rows_b < num_prompts,  # batch-padding rows start finished
     )
 
 
@@ -278,6 +310,7 @@ class Sampler:
         self.eos_ids = eos_ids
         self.pad_id = int(pad_id)
         self.length_buckets = tuple(sorted(length_buckets))
+        self.max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
     @property
     def trace_count(self) -> int:
@@ -303,8 +336,9 @@ class Sampler:
     ) -> SampleOutput:
         """Samples n continuations of each token-id prompt; returns numpy arrays for the real B prompts.
 
-        Prompt i uses key ``fold_in(key, i)`` (key = ``jax.random.key(seed)`` if a seed is given), sample j of
-        it ``fold_in(., j)``: same seed -> same samples, whatever the batch padding or mesh.
+        Prompt i uses key ``fold_in(key, i)`` (key = ``jax.random.key(seed)`` if a seed is given; ``seed``
+        in [0, 2**32), ``key`` a typed key or raw uint32 key data), sample j of it ``fold_in(., j)``: same
+        seed -> same samples, whatever the batch padding or mesh.
         """
         if (seed is None) == (key is None):
             raise UsageError("pass exactly one of seed= or key=")
@@ -312,8 +346,14 @@ class Sampler:
             raise UsageError(f"n must be an integer >= 1, got {n}")
         if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
-        key = jax.random.key(seed) if key is None else key
+        key = seed_key(seed) if key is None else as_typed_key(key)
         tokens, mask = self.pad(prompts)
+        longest = max(len(p) for p in prompts)
+        if self.max_positions is not None and longest + max_new_tokens > self.max_positions:
+            raise UsageError(
+                f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+                f"max_position_embeddings {self.max_positions}"
+            )
         eos_e = np.full((MAX_EOS_IDS,), -1, np.int32)
         eos_e[: len(self.eos_ids)] = self.eos_ids
         if self.mesh is not None:
@@ -325,6 +365,7 @@ class Sampler:
             key,
             eos_e,
             np.int32(self.pad_id),
+            np.int32(len(prompts)),
             graphdef=self.graphdef,
             n=int(n),
             max_new_tokens=int(max_new_tokens),

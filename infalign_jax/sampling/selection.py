@@ -48,7 +48,7 @@ def kth_rule(k: int) -> SelectionRule:
         raise UsageError(f"k must be an integer >= 1, got {k}")
 
     def rule(rewards_bn) -> np.ndarray:
-        r = np.asarray(rewards_bn)
+        r = np.asarray(rewards_bn, np.float64)  # -r of unsigned or bool rewards would wrap / fail
         if k > r.shape[-1]:
             raise UsageError(f"kth_rule(k={k}) needs at least k samples, got N={r.shape[-1]}")
         return np.argsort(-r, axis=-1, kind="stable")[..., k - 1]
@@ -73,8 +73,9 @@ class Selection(NamedTuple):
 
 
 def select(candidates: SampleOutput, rewards_bn, rule: SelectionRule = argmax_rule) -> Selection:
-    """Applies ``rule`` to rewards [B, N] and gathers the chosen candidate of each prompt."""
-    rewards_bn = np.asarray(rewards_bn)
+    """Applies ``rule`` to rewards [B, N] (any real or bool dtype; float64 from here on) and gathers the
+    chosen candidate of each prompt."""
+    rewards_bn = np.asarray(rewards_bn, np.float64)
     B, N = np.shape(candidates.lengths)
     if rewards_bn.shape != (B, N):
         raise UsageError(f"reward function returned shape {rewards_bn.shape}, expected [B, N] = {(B, N)}")
