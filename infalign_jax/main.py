@@ -9,7 +9,8 @@
    transform, RLOO policy gradient) with Φ = identity, Φ_t and the tabulated Φ*, and evaluated exactly.
 3. Results: ``<workdir>/summary.json``, a table on stdout and ``<workdir>/frontier.png`` (the learned policies
    on the analytic win-rate/KL curves). Each run's checkpoints, metrics and TensorBoard events sit in
-   ``<workdir>/<method>/``; rerunning with the same workdir resumes instead of retraining.
+   ``<workdir>/<method>/``; rerunning with the same workdir resumes instead of retraining (the settings are
+   recorded in ``<workdir>/settings.json``; other settings in the same workdir are refused, exit 2).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ METHODS = ("identity", "exponential", "optimal")
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m infalign_jax.main", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--procedure", default="bon:4", help=f"deployed procedure, one of {sorted(EVAL_PROCEDURES)}"
+        "--procedure", default="bon:4", help=f"deployed procedure, one of {sorted(EVAL_PROCEDURES.values())}"
     )
     p.add_argument("--kl", type=float, default=0.3, help="KL(π‖π_ref) budget every method is matched to")
     p.add_argument("--workdir", type=Path, default=Path("runs/main"))
@@ -56,11 +57,41 @@ def _method_settings(report: dict, phi_star_path: Path) -> dict[str, tuple[str, 
     """method -> (transform spec, β), every β chosen by the solver so the prediction lands on the budget."""
     point = report["points"][0]
     t = point["exponential"]["t"]
+    exponential = "identity" if abs(t) < 1e-3 else f"exp:{t:.6g}"  # t ≈ 0 (T = identity): Φ_t is u
     return {
         "identity": ("identity", point["identity"]["beta"]),
-        "exponential": (f"exp:{t:.6g}", point["exponential"]["beta"]),
+        "exponential": (exponential, point["exponential"]["beta"]),
         "optimal": (f"table:{phi_star_path}", point["optimal"]["beta"]),
     }
+
+
+def _claim_workdir(workdir: Path, settings: dict) -> None:
+    """Creates ``workdir`` (or reuses it for the same settings: the runs inside resume) and records the
+    settings in ``settings.json`` before anything else is written. A workdir of a run with other settings is
+    refused (UsageError) with nothing touched: resuming it would report its policies under the new settings
+    (steps may differ: a longer run resumes, and each CTRL run checks its own config on resume)."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir} exists and is not a directory")
+    record = workdir / "settings.json"
+    previous = None
+    if record.is_file():
+        previous = json.loads(record.read_text())
+    elif (workdir / "summary.json").is_file():  # written before settings.json existed
+        summary = json.loads((workdir / "summary.json").read_text())
+        previous = {k: summary.get(k) for k in settings}
+    if previous is not None and previous != settings:
+        diffs = ", ".join(
+            f"{k} {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.get(k) != v
+        )
+        raise UsageError(
+            f"--workdir {workdir} holds a run with other settings ({diffs}); use another --workdir"
+        )
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --workdir {workdir}: {e.strerror or e}") from None
+    if previous is None:
+        atomic_write_json(record, settings)
 
 
 def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict:
@@ -71,7 +102,7 @@ def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict
         raise UsageError(f"--kl must be in (0, 2], got {kl}")
     if steps < 1:
         raise UsageError(f"--steps must be >= 1, got {steps}")
-    workdir.mkdir(parents=True, exist_ok=True)
+    _claim_workdir(workdir, {"procedure": spec, "kl_budget": kl, "seed": seed})
 
     # 1. Theory: the three transformations at the budget, and Φ* exported as a table for the trainer.
     report, results = analytic_command.analyze(spec, [kl], grid=DEFAULT_CELLS, with_curves=True)

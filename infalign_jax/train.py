@@ -11,6 +11,7 @@ Invalid configs fail before anything runs (status 2). Outputs: ``W/metrics.jsonl
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -106,6 +107,43 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
     return cfg
 
 
+# Config keys (or sections) a resumed run may change: run length and bookkeeping, execution choices that give
+# the same numbers (the mesh — checkpoints restore onto any mesh —, phased vs fused steps, the calibration
+# kernel), and the bandit's fault injection (tests resume a clean run with a NaN reward switched on).
+RESUMABLE_KEYS = ("num_steps", "checkpoint_every", "max_to_keep", "progress", "mesh", "step_mode")
+RESUMABLE_KEYS += ("calibration_method", "bandit.nan_response")
+
+
+def check_resumable(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """UsageError if the run saved in ``workdir`` (its checkpoint's config, ``saved``) was made with settings
+    other than ``config`` (outside RESUMABLE_KEYS): resuming would report the old policy under the new
+    settings. A checkpoint without a saved config is not checked."""
+    if not saved:
+        return
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(config.to_dict())))
+    resumable = lambda k: any(k == r or k.startswith(f"{r}.") for r in RESUMABLE_KEYS)
+    keys = [k for k in old.keys() | new.keys() if not resumable(k)]
+    changed = sorted(k for k in keys if old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise UsageError(
+            f"{workdir} holds a run with other settings ({diffs}{more}); resuming it would mix them — use "
+            f"another workdir (a resumed run may change only {', '.join(RESUMABLE_KEYS)})"
+        )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _mesh(config):
     fsdp = int(config.mesh.fsdp)
     data = int(config.mesh.data) or None
@@ -153,6 +191,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
     state = trainer.init_state(problem.params, problem.ref_params, problem.env, config.seed)
     ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
     if ckpt.latest_step() is not None:
+        check_resumable(ckpt.meta().get("config"), config, workdir)
         state = ckpt.restore(state)
     start = int(state.step)
     main_proc = jax.process_index() == 0

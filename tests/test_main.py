@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from infalign_jax.cli import run_main
-from infalign_jax.main import format_summary, main, run
+from infalign_jax.cli import UsageError, run_main
+from infalign_jax.main import _method_settings, format_summary, main, run
 
 
 def test_main_job_short_run(tmp_path):
@@ -22,6 +22,23 @@ def test_main_job_short_run(tmp_path):
     pred = {m: r["predicted_win_rate"] for m, r in on_disk["ctrl"].items()}
     assert pred["optimal"] >= pred["exponential"] > pred["identity"] + 0.05
     assert "calibrate-and-transform" in format_summary(summary)
+    # The same workdir with other settings is refused before anything is written; the same settings resume.
+    before = {f: (tmp_path / f).read_bytes() for f in ("summary.json", "phi_star.npz", "settings.json")}
+    with pytest.raises(UsageError, match="other settings .kl_budget 0.3 -> 0.5"):
+        run("bon:4", 0.5, tmp_path, seed=0, steps=30)
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
+    again = run("bon:4", 0.3, tmp_path, seed=0, steps=30)
+    assert {m: r["win_rate"] for m, r in again["ctrl"].items()} == {
+        m: r["win_rate"] for m, r in summary["ctrl"].items()
+    }
+
+
+def test_identity_procedure_uses_the_identity_transform(tmp_path):
+    """For T = identity the best exponential has t ≈ 0: the exponential method trains Φ(u) = u (exp:0 is not
+    a valid transform)."""
+    point = {name: {"t": 2e-5, "beta": 0.3} for name in ("identity", "exponential", "optimal")}
+    settings = _method_settings({"points": [point]}, tmp_path / "phi.npz")
+    assert settings["exponential"] == ("identity", 0.3)
 
 
 @pytest.mark.parametrize(
@@ -30,12 +47,16 @@ def test_main_job_short_run(tmp_path):
         (["--procedure", "bon:7"], "bandit evaluates"),
         (["--kl", "-1"], "--kl"),
         (["--procedure", "nope"], "procedure"),
+        (["--workdir", "{file}"], "exists and is not a directory"),
     ],
 )
 def test_main_job_bad_input_exits_2(tmp_path, capsys, args, message):
+    (tmp_path / "file").write_text("keep me")
+    args = [a.format(file=tmp_path / "file") for a in args]
     with pytest.raises(SystemExit) as exit_info:
         run_main(main, ["--workdir", str(tmp_path / "w"), *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
     assert not (tmp_path / "w" / "summary.json").exists()
+    assert (tmp_path / "file").read_text() == "keep me"

@@ -86,6 +86,19 @@ def test_cli_invalid_config_exits_2_and_writes_nothing(repo_root, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_resume_refuses_other_settings(repo_root, tmp_path):
+    """A workdir's checkpoint records the config: resuming with other settings (here β) is refused before
+    anything is written; a longer run (num_steps) on the same settings resumes."""
+    work = tmp_path / "w"
+    train(tiny_config(repo_root, num_steps=2), work)
+    metrics = (work / "metrics.jsonl").read_text()
+    with pytest.raises(UsageError, match=r"other settings \(beta: 0.338 -> 0.5\)"):
+        train(tiny_config(repo_root, num_steps=4, beta=0.5), work)
+    assert (work / "metrics.jsonl").read_text() == metrics and max(_ckpt_steps(work)) == 2
+    train(tiny_config(repo_root, num_steps=4), work)
+    assert max(_ckpt_steps(work)) == 4
+
+
 def test_offline_reference_is_rejected_for_the_bandit(repo_root, tmp_path):
     """The bandit has no offline calibration table: one clear error from train(), nothing written."""
     with pytest.raises(UsageError, match="bandit problem draws its reference rewards online"):

@@ -68,6 +68,14 @@ class RunCheckpointer:
             env=state.env,
         )
 
+    def meta(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata saved with a step (latest by default); {} if that checkpoint has none."""
+        step = self.latest_step() if step is None else step
+        if "meta" not in self.manager.item_metadata(step):
+            return {}
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"] or {})
+
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:
         """The saved items of a step, restored onto one local device whatever topology saved them (for tests,
         inspection and export)."""
