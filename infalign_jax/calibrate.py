@@ -33,6 +33,7 @@ from infalign_jax.ctrl.hh import (
     table_meta,
 )
 from infalign_jax.ctrl.table import CalibrationTableWriter
+from infalign_jax.sampling.sampler import seed_key
 
 
 def build_table(
@@ -45,6 +46,7 @@ def build_table(
     k, chunk = int(config.num_ref), int(config.hh.calibration_batch_prompts)
     if chunk < 1:
         raise UsageError(f"hh.calibration_batch_prompts must be >= 1, got {chunk}")
+    key = jax.random.key_data(seed_key(config.seed))  # checks the seed before anything is written
     require_artifacts(config)
     meta = {**table_meta(config), "batch_prompts": chunk}
     writer = CalibrationTableWriter(table_dir, k, meta=meta)
@@ -58,7 +60,6 @@ def build_table(
     parts = parts or load_components(config)
     ids = parts.prompts.ids
     n = len(ids)
-    key = jax.random.key_data(jax.random.key(config.seed))
     todo = [
         c for c in range(-(-n // chunk)) if not done.issuperset(ids[c * chunk : (c + 1) * chunk].tolist())
     ]

@@ -36,6 +36,7 @@ from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedur
 from infalign_jax.io_utils import atomic_write_json
 from infalign_jax.mesh import DATA, make_mesh
 from infalign_jax.metrics_log import MetricsWriter
+from infalign_jax.sampling.sampler import seed_key
 
 
 def _hh_problem(config: ml_collections.ConfigDict, step_cfg: StepConfig) -> CtrlProblem:
@@ -77,6 +78,7 @@ def auto_exponential(procedure: str, kl_budget: float) -> tuple[Transform, float
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
     """Validates the config and builds the static step configuration (UsageError on any problem)."""
     parse_procedure(config.procedure)
+    seed_key(config.seed)  # a seed outside [0, 2**32) would silently collide with another
     beta = float(config.beta)
     if config.auto_t:
         transform, beta = auto_exponential(config.procedure, config.kl_budget)

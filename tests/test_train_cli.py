@@ -71,6 +71,7 @@ def final_logits(workdir, step):
         ({"problem": "chess"}, "unknown problem"),
         ({"transform": "exp:-3", "procedure": " BoN:4"}, "best-of-N"),  # spec normalized like the solver's
         ({"calibration_method": "bogus"}, "calibration_method"),
+        ({"seed": 2**32}, "seed must be an integer in"),
     ],
 )
 def test_invalid_configs_fail_at_start(repo_root, override, message):
