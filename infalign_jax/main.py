@@ -102,6 +102,10 @@ def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict
         raise UsageError(f"--kl must be in (0, 2], got {kl}")
     if steps < 1:
         raise UsageError(f"--steps must be >= 1, got {steps}")
+    if not BANDIT_CONFIG.is_file():  # configs/ is not part of a wheel: the main job needs a checkout
+        raise UsageError(
+            f"{BANDIT_CONFIG} not found: run the main job from a checkout installed with `pip install -e .`"
+        )
     _claim_workdir(workdir, {"procedure": spec, "kl_budget": kl, "seed": seed})
 
     # 1. Theory: the three transformations at the budget, and Φ* exported as a table for the trainer.

@@ -33,6 +33,16 @@ def test_main_job_short_run(tmp_path):
     }
 
 
+def test_missing_bandit_config_is_reported_before_writing(tmp_path, monkeypatch):
+    """configs/ is not in a wheel: without a checkout the main job says so before touching the workdir."""
+    import infalign_jax.main as main_module
+
+    monkeypatch.setattr(main_module, "BANDIT_CONFIG", tmp_path / "configs" / "ctrl_bandit.py")
+    with pytest.raises(UsageError, match="pip install -e"):
+        run("bon:4", 0.3, tmp_path / "w", seed=0, steps=1)
+    assert not (tmp_path / "w").exists()
+
+
 def test_identity_procedure_uses_the_identity_transform(tmp_path):
     """For T = identity the best exponential has t ≈ 0: the exponential method trains Φ(u) = u (exp:0 is not
     a valid transform)."""
