@@ -99,7 +99,7 @@ def top_k_filter(logits_v: jax.Array, k: int) -> jax.Array:
     """Sets every logit below the k-th largest to -inf (k = 0 or k >= V: unchanged)."""
     if k <= 0 or k >= logits_v.shape[-1]:
         return logits_v
-    kth = top_k_candidates(logits_v, k)[0][..., -1:]
+    kth = jnp.min(top_k_candidates(logits_v, k)[0], -1, keepdims=True)  # a reduction: see sample_token
     return jnp.where(logits_v < kth, NEG_INF, logits_v)
 
 
@@ -204,7 +204,10 @@ def sample_token(keys: jax.Array, logits_v: jax.Array, config: SamplingConfig) -
     candidates from ``lax.top_k`` are normalized and sampled (top-p then acts on the k sorted values, keeping
     values tied with the last one kept), never the full vocabulary — unless a row has tokens outside the k
     candidates tied with the k-th value (:func:`filter_logits` keeps all of them): then, for that call only,
-    the whole batch takes the full-vocabulary path (one extra compare-and-count pass over V detects it).
+    the whole batch takes the full-vocabulary path. The candidates are the top k + 1, so a tie beyond the k
+    shows as the two smallest being equal; they are read by reductions and masks only: an extra slice of
+    ``lax.top_k``'s outputs makes XLA:CPU replace its fast TopK kernel by a full sort (measured 2 → 9 ms per
+    call for 64 × 8192, k = 50).
     """
     logits_v = logits_v.astype(jnp.float32)
     if config.greedy:
@@ -217,22 +220,23 @@ def sample_token(keys: jax.Array, logits_v: jax.Array, config: SamplingConfig) -
         tok = sample_categorical(keys, filtered_v)
         return tok, _log_softmax_at(filtered_v, tok)
 
-    if not 0 < config.top_k < logits_v.shape[-1]:
+    k = config.top_k
+    if not 0 < k < logits_v.shape[-1]:
         return full_vocabulary(None)
-    vals_k, idx_k = top_k_candidates(scaled_v, config.top_k)  # sorted, descending
+    vals, idx = top_k_candidates(scaled_v, k + 1)  # sorted, descending
 
     def candidates(_):
-        vals = vals_k
+        vals_k = jnp.where(jnp.arange(k + 1) < k, vals, NEG_INF)  # the top k (a mask, not a slice)
         if config.top_p < 1.0:
-            probs_k = jax.nn.softmax(vals, -1)
+            probs_k = jax.nn.softmax(vals_k, -1)
             kept = jnp.cumsum(probs_k, -1) - probs_k < config.top_p  # a prefix of the sorted values
-            last_kept = jnp.min(jnp.where(kept, vals, jnp.inf), -1, keepdims=True)
-            vals = jnp.where(vals >= last_kept, vals, NEG_INF)  # ties with the last kept value stay
-        j = sample_categorical(keys, vals)
-        tok = jnp.take_along_axis(idx_k, j[..., None], -1)[..., 0].astype(jnp.int32)
-        return tok, _log_softmax_at(vals, j)
+            last_kept = jnp.min(jnp.where(kept, vals_k, jnp.inf), -1, keepdims=True)
+            vals_k = jnp.where(vals_k >= last_kept, vals_k, NEG_INF)  # ties with the last kept value stay
+        j = sample_categorical(keys, vals_k)
+        tok = jnp.take_along_axis(idx, j[..., None], -1)[..., 0].astype(jnp.int32)
+        return tok, _log_softmax_at(vals_k, j)
 
-    tied_beyond_k = jnp.sum(scaled_v >= vals_k[..., -1:], -1) > config.top_k
+    tied_beyond_k = jnp.sum(vals == jnp.min(vals, -1, keepdims=True), -1) >= 2  # value k+1 == value k
     return jax.lax.cond(jnp.any(tied_beyond_k), full_vocabulary, candidates, None)
 
 
