@@ -8,6 +8,7 @@ and shells see ``error: <message>`` on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
@@ -21,15 +22,57 @@ class UsageError(ValueError):
 EXIT_USAGE = 2
 
 
-def load_config_file(path: str | Path):
-    """``get_config()`` of a config file (what ``--config PATH`` loads), for library use and tests."""
+def _one_line(e: BaseException) -> str:
+    """``"<ExceptionType>: <message>"`` on one line."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}".rstrip(": ")
+
+
+def load_config_file(path: str | Path, *args: str):
+    """``get_config(*args)`` of a config file (what ``--config PATH`` loads), for library use and tests.
+
+    Any failure — a missing file, a Python error while importing it or in ``get_config()``, no
+    ``get_config``, a result that is not an ``ml_collections.ConfigDict`` — raises one :class:`UsageError`
+    naming the file.
+    """
+    import ml_collections
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    name = f"_config_{path.stem}"
+    try:
+        loader = importlib.machinery.SourceFileLoader(name, str(path))  # any file name, not just *.py
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
+        loader.exec_module(module)
+    except Exception as e:
+        raise UsageError(f"config file {path} failed to load: {_one_line(e)}") from e
+    if not callable(getattr(module, "get_config", None)):
+        raise UsageError(f"config file {path} defines no get_config() function")
+    try:
+        config = module.get_config(*args)
+    except Exception as e:
+        raise UsageError(f"config file {path}: get_config() failed: {_one_line(e)}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UsageError(
+            f"config file {path}: get_config() must return an ml_collections.ConfigDict, "
+            f"got {type(config).__name__}"
+        )
+    return config
+
+
+def _config_arg(args: Sequence[str]) -> str | None:
+    """The value of the last ``--config FILE`` / ``--config=FILE`` in ``args`` (absl syntax), else None."""
+    value = None
+    i = 0
+    while i < len(args) and args[i] != "--":
+        name, eq, rest = args[i].lstrip("-").partition("=")
+        if args[i].startswith("-") and name == "config":
+            if eq:
+                value = rest
+            elif i + 1 < len(args):
+                value, i = args[i + 1], i + 1
+        i += 1
+    return value
 
 
 def parse_config_flags(
@@ -41,14 +84,18 @@ def parse_config_flags(
 ):
     """Parses ``--config FILE [--config.key=value ...]`` (ml_collections) plus the absl flags that
     ``define_flags(flag_values)`` declares. Returns ``(config, flag_values)``; any problem (missing
-    ``--config``, unknown flag or config field, a config file that fails to load) raises one
-    :class:`UsageError`.
+    ``--config``, unknown flag or config field, a config file that fails to load, a stray positional
+    argument) raises one :class:`UsageError`.
     ``argv`` excludes the program name (``None``: ``sys.argv[1:]``).
     """
     from absl import flags
     from ml_collections import config_flags
 
     args = [prog, *(sys.argv[1:] if argv is None else argv)]
+    config_file = _config_arg(args[1:])
+    if config_file:
+        # Loaded here first for clear errors: ml_collections lets most config-file exceptions escape raw.
+        load_config_file(*config_file.split(":", 1))
     fv = flags.FlagValues()
     # sys_argv: the --config.x=... overrides are read from these arguments, not from the process's sys.argv.
     config_flags.DEFINE_config_file(
@@ -57,12 +104,14 @@ def parse_config_flags(
     if define_flags is not None:
         define_flags(fv)
     try:
-        fv(args)
+        rest = fv(args)[1:]
         config = fv.config
         if config is not None:
             config.keys()  # a config file that failed to load only raises when touched
     except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
         raise UsageError("bad arguments or config: " + " ".join(str(e).split())) from e
+    if rest:
+        raise UsageError(f"unexpected argument(s): {' '.join(rest)}")
     if config is None:
         raise UsageError(f"--config is required (e.g. --config {example})")
     return config, fv

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,26 +47,74 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Creates directory ``path`` (and its parents) if needed and checks that entries can be created in it.
+
+    For CLIs, before long work: a file in the way, a missing permission or a read-only filesystem raises one
+    :class:`~infalign_jax.cli.UsageError` naming ``path``.
+    """
+    from infalign_jax.cli import UsageError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe.", dir=path))
+    except OSError as e:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is not a directory" if blocker is not None else (e.strerror or str(e))
+        raise UsageError(f"cannot write to directory {path}: {why}") from None
+    return path
+
+
+def _check_replaceable(path: Path, replace: bool | Callable[[Path], bool]) -> None:
+    """Raises :class:`~infalign_jax.cli.UsageError` if :func:`atomic_directory` must not replace ``path``."""
+    from infalign_jax.cli import UsageError
+
+    if not os.path.lexists(path) or replace is True:
+        return
+    if path.is_symlink() or not path.is_dir():
+        kind = "a symbolic link" if path.is_symlink() else "not a directory"
+        raise UsageError(f"{path} exists and is {kind}; refusing to replace it")
+    if not any(path.iterdir()):
+        return  # an empty directory: nothing to lose
+    if replace is False:
+        raise UsageError(f"{path} already exists and is not empty; refusing to replace it")
+    if not replace(path):
+        raise UsageError(
+            f"{path} already exists and holds files that are not an earlier output of this command; "
+            "refusing to replace it (move it away or choose another path)"
+        )
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike, *, replace: bool | Callable[[Path], bool] = False
+) -> Iterator[Path]:
     """Yields a temporary directory that replaces ``path`` only if the block finishes without error.
 
-    The temporary directory is a sibling of ``path`` (same filesystem, so the final rename is atomic). If
-    ``path`` already exists it is moved aside first and deleted only after the new directory is in place.
+    The temporary directory is a sibling of ``path`` (same filesystem, so the final rename is atomic). An
+    existing ``path`` is never deleted silently: an empty directory is replaced; anything else only with
+    ``replace=True``, or if it is a directory for which ``replace(path)`` is true (e.g. "holds only the
+    files an earlier run wrote"). Otherwise :class:`~infalign_jax.cli.UsageError` is raised before the block
+    runs, and again (nothing replaced) if such a ``path`` appeared while it ran. The replaced entry is moved
+    aside first and deleted only after the new directory is in place.
     """
     path = Path(path)
+    _check_replaceable(path, replace)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield tmp
+        _check_replaceable(path, replace)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old.{os.getpid()}")
-        os.replace(path, old)
+    if os.path.lexists(path):
+        # Moved into a fresh private directory: works for a file, a link or a directory, never collides.
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        os.replace(path, old / path.name)
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

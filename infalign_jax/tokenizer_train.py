@@ -9,24 +9,29 @@ post-processor), decoding is byte-level. Saved as ``tokenizer.json`` + ``tokeniz
 CLI::
 
     python -m infalign_jax.tokenizer_train --data-dir runs/data --out runs/tokenizer [--vocab-size 4096]
+
+``--out`` must not exist yet or be an empty directory; ``--overwrite`` replaces an earlier tokenizer written
+there. Anything else at ``--out`` is never touched (exit 2).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from infalign_jax.cli import UsageError, run_main
-from infalign_jax.io_utils import atomic_directory
+from infalign_jax.cli import ArgumentParser, UsageError, run_main
+from infalign_jax.io_utils import atomic_directory, ensure_writable_dir
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)  # ids 0, 1, 2
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 # Dialogue role markers become single (non-special) tokens: shorter sequences and clean turn boundaries.
 ROLE_TOKENS = ("\n\nHuman:", "\n\nAssistant:")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what save_tokenizer writes
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + len(ROLE_TOKENS)  # the byte alphabet + special + role tokens
+_MAX_COUNT = 2**63 - 1  # vocab_size / min_frequency beyond this overflow the tokenizers library
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
@@ -34,9 +39,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int =
     order)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    n_fixed = 256 + len(SPECIAL_TOKENS) + len(ROLE_TOKENS)
-    if vocab_size < n_fixed:
-        raise UsageError(f"vocab_size must be at least {n_fixed} (bytes + special + role tokens)")
+    if not MIN_VOCAB_SIZE <= vocab_size <= _MAX_COUNT:
+        raise UsageError(
+            f"vocab_size must be in [{MIN_VOCAB_SIZE}, {_MAX_COUNT}] (at least bytes + special + role "
+            f"tokens), got {vocab_size}"
+        )
+    if not 0 <= min_frequency <= _MAX_COUNT:
+        raise UsageError(f"min_frequency must be in [0, {_MAX_COUNT}], got {min_frequency}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -92,29 +101,48 @@ def hh_texts(source) -> Iterable[str]:
         yield r["rejected"]
 
 
-def train_hh_tokenizer(data_dir, out_dir, vocab_size: int = 4096, min_frequency: int = 2) -> Path:
+def is_tokenizer_dir(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a directory holding a ``tokenizer.json`` and nothing but :data:`TOKENIZER_FILES`
+    (what :func:`save_tokenizer` writes)."""
+    path = Path(path)
+    if not path.is_dir() or not (path / TOKENIZER_FILES[0]).is_file():
+        return False
+    return all(p.name in TOKENIZER_FILES and p.is_file() and not p.is_symlink() for p in path.iterdir())
+
+
+def train_hh_tokenizer(
+    data_dir, out_dir, vocab_size: int = 4096, min_frequency: int = 2, overwrite: bool = False
+) -> Path:
     """Trains on the HH ``train`` split under ``data_dir`` and writes the tokenizer to ``out_dir``
-    atomically."""
+    atomically.
+
+    ``out_dir`` must not exist or be an empty directory; with ``overwrite`` it may also hold an earlier
+    tokenizer (:func:`is_tokenizer_dir`), which is replaced. Anything else raises :class:`UsageError` before
+    training, and nothing is touched.
+    """
     from infalign_jax.data.hh import load_hh
 
-    tok = train_bpe(hh_texts(load_hh("train", data_dir)), vocab_size, min_frequency)
-    with atomic_directory(out_dir) as tmp:
-        save_tokenizer(tok, tmp)
-    return Path(out_dir)
+    out = Path(out_dir)
+    if not overwrite and is_tokenizer_dir(out):
+        raise UsageError(f"{out} already holds a tokenizer; pass --overwrite (overwrite=True) to replace it")
+    source = load_hh("train", data_dir)
+    ensure_writable_dir(out.parent)
+    with atomic_directory(out, replace=is_tokenizer_dir if overwrite else False) as tmp:
+        save_tokenizer(train_bpe(hh_texts(source), vocab_size, min_frequency), tmp)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m infalign_jax.tokenizer_train", description=__doc__.split("\n")[0]
-    )
+    ap = ArgumentParser(prog="python -m infalign_jax.tokenizer_train", description=__doc__.split("\n")[0])
     ap.add_argument(
         "--data-dir", default="runs/data", help="HH TFDS data dir (built by infalign_jax.data.hh)"
     )
-    ap.add_argument("--out", default="runs/tokenizer")
+    ap.add_argument("--out", default="runs/tokenizer", help="output directory (must not hold other files)")
     ap.add_argument("--vocab-size", type=int, default=4096)
-    ap.add_argument("--min-frequency", type=int, default=2)
+    ap.add_argument("--min-frequency", type=int, default=2, help="min pair count for a merge (>= 0)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier tokenizer in --out")
     args = ap.parse_args(argv)
-    out = train_hh_tokenizer(args.data_dir, args.out, args.vocab_size, args.min_frequency)
+    out = train_hh_tokenizer(args.data_dir, args.out, args.vocab_size, args.min_frequency, args.overwrite)
     print(f"wrote {out / 'tokenizer.json'}")
     return 0
 

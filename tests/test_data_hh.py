@@ -7,7 +7,15 @@ import pytest
 
 from infalign_jax.cli import UsageError, run_main
 from infalign_jax.data import hh
-from infalign_jax.data.hh import build_hh, dialogue_turns, load_hh, split_dialogue, split_pair
+from infalign_jax.data.hh import (
+    build_hh,
+    build_or_load,
+    dialogue_turns,
+    load_hh,
+    split_dialogue,
+    split_pair,
+    turn_spans,
+)
 
 MULTI = "\n\nHuman: hi\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant:  fine, thanks. "
 
@@ -39,6 +47,18 @@ def test_dialogue_turns_multi_turn():
         ("Human", "how are you?"),
         ("Assistant", "fine, thanks."),
     ]
+
+
+def test_turn_spans_exclude_every_marker_even_a_repeated_assistant_one():
+    text = "\n\nHuman: q\n\nAssistant: a\n\nAssistant: b\n\nHuman: c"
+    spans = turn_spans(text)
+    assert [(role, text[i:j]) for role, i, j in spans] == [
+        ("Human", " q"),
+        ("Assistant", " a"),
+        ("Assistant", " b"),
+        ("Human", " c"),
+    ]
+    assert dialogue_turns(text) == [("Human", "q"), ("Assistant", "a"), ("Assistant", "b"), ("Human", "c")]
 
 
 def test_split_pair_shared_prompt_and_embedded_assistant_turn():
@@ -137,3 +157,54 @@ def test_real_shared_file_builds_all_pairs_with_disjoint_splits(hh_dir, tmp_path
     line = json.loads(raw[0])
     assert r["prompt"] + " " + r["chosen"] == line["chosen"]
     assert r["prompt"] + " " + r["rejected"] == line["rejected"]
+
+
+def _small_build(tmp_path, n=30):
+    """A 30-pair input under ``tmp_path/hh`` built into ``tmp_path/out``; returns (input dir, output dir)."""
+    src, out = tmp_path / "hh", tmp_path / "out"
+    _write(src / "harmless-base" / "test.jsonl.gz", [_pair(f"q{i}", "good", "bad") for i in range(n)])
+    build_hh(src, out)
+    return src, out
+
+
+def test_build_or_load_accepts_the_dataset_directory_itself(tmp_path):
+    src, out = _small_build(tmp_path)
+    ds = out / "hh_rlhf" / "1.0.0"
+    before = sorted(p.name for p in ds.iterdir())
+    n = len(load_hh("train", out))
+    assert len(build_or_load("train", ds, src)) == n
+    assert sorted(p.name for p in ds.iterdir()) == before  # no nested hh_rlhf/1.0.0 copy built inside it
+    with pytest.raises(UsageError, match="is itself a built HH dataset"):
+        build_hh(src, ds)
+    assert sorted(p.name for p in ds.iterdir()) == before
+
+
+def test_build_never_replaces_unrelated_files(tmp_path):
+    src, out = _small_build(tmp_path)
+    ds = out / "hh_rlhf" / "1.0.0"
+    (ds / "my_notes.txt").write_text("keep")  # the directory is no longer just an earlier build
+    before = sorted(p.name for p in ds.iterdir())
+    with pytest.raises(UsageError, match="not an earlier output"):
+        build_hh(src, out)
+    assert sorted(p.name for p in ds.iterdir()) == before and (ds / "my_notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in (out / "hh_rlhf").iterdir()) == ["1.0.0"]  # no temporary directory left
+
+
+def test_cli_bad_flags_and_unusable_data_dir_are_one_line_exit_2(tmp_path, capsys):
+    src = tmp_path / "hh"
+    _write(src / "harmless-base" / "test.jsonl.gz", [_pair("q", "good", "bad")])
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for args, message in [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--eval-percent", "ten"], "--eval-percent: invalid int value"),
+        (["--data-dir", str(afile)], "afile is not a directory"),
+        (["--data-dir", str(afile / "sub")], "afile is not a directory"),
+    ]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_main(hh.main, ["--manual-dir", str(src), *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert message in err
+    assert afile.read_text() == "keep"

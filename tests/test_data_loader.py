@@ -7,7 +7,7 @@ import pytest
 
 from infalign_jax.cli import UsageError
 from infalign_jax.data.loader import Loader, assistant_spans, prompt_encoder, sft_encoder
-from infalign_jax.tokenizer_train import train_bpe
+from infalign_jax.tokenizer_train import ROLE_TOKENS, train_bpe
 
 N = 23
 SOURCE = [{"id": 100 + i, "n": 1 + (7 * i) % 13} for i in range(N)]
@@ -123,6 +123,30 @@ def test_sft_encoder_masks_exactly_the_assistant_turns(tok):
     text = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant: d"
     assert assistant_spans(text) == [(22, 24), (46, 48)]  # 2+6+2 chars, then the 12-char marker
     assert [text[a:b] for a, b in assistant_spans(text)] == [" b", " d"]
+
+
+def test_role_markers_never_get_loss_even_a_repeated_assistant_marker(tok):
+    """A reply that restarts with a second "\\n\\nAssistant:" (real: HH train id 1849): the marker is not a
+    target, the text after it still is."""
+    rec = {
+        "id": 0,
+        "prompt": "\n\nHuman: hi cats\n\nAssistant: hello dogs\n\nAssistant: more dogs"
+        "\n\nHuman: why?\n\nAssistant:",
+        "chosen": "because\n\nAssistant: cats.",
+    }
+    text = rec["prompt"] + " " + rec["chosen"]
+    assert [text[a:b] for a, b in assistant_spans(text)] == [
+        " hello dogs",
+        " more dogs",
+        " because",
+        " cats.",
+    ]
+    out = sft_encoder(tok, max_len=64, max_prompt_len=48)(rec)
+    t, m = out["tokens"], out["loss_mask"].astype(bool)
+    assert tok.decode(t.tolist()) == text
+    role_ids = [tok.token_to_id(r) for r in ROLE_TOKENS]
+    assert np.isin(t, role_ids).sum() == 6 and not m[np.isin(t, role_ids)].any()
+    assert tok.decode(t[m].tolist()) == " hello dogs more dogs because cats."
 
 
 def test_sft_encoder_truncates_prompt_left_and_reply_right(tok):

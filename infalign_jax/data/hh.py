@@ -24,11 +24,12 @@ one.
 
 from __future__ import annotations
 
-import argparse
+import fnmatch
 import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -37,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infalign_jax.cli import UsageError, run_main
-from infalign_jax.io_utils import atomic_directory, atomic_write_json
+from infalign_jax.cli import ArgumentParser, UsageError, run_main
+from infalign_jax.io_utils import atomic_directory, atomic_write_json, ensure_writable_dir
 
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
@@ -88,27 +89,27 @@ def split_pair(chosen: str, rejected: str) -> tuple[str, str, str]:
     raise UsageError(f"chosen and rejected do not share a prompt (they differ from character {n})")
 
 
+def turn_spans(text: str) -> list[tuple[str, int, int]]:
+    """``[(role, start, end), ...]``: every turn's text as the character span ``text[start:end]`` between its
+    role marker and the next marker (of either role) or the end; ``role`` is ``"Human"`` or ``"Assistant"``.
+
+    The markers themselves lie outside every span; text before the first marker is dropped.
+    """
+    marker_at = re.compile(f"{re.escape(HUMAN)}|{re.escape(ASSISTANT)}")
+    marks = list(marker_at.finditer(text))
+    return [
+        (m.group().strip().rstrip(":"), m.end(), marks[k + 1].start() if k + 1 < len(marks) else len(text))
+        for k, m in enumerate(marks)
+    ]
+
+
 def dialogue_turns(text: str) -> list[tuple[str, str]]:
     """Splits a dialogue into ``[(role, text), ...]`` with role ``"Human"`` or ``"Assistant"`` (texts
     stripped).
 
-    Text before the first turn marker (normally empty) is dropped. Used for display and for loss masks.
+    Text before the first turn marker (normally empty) is dropped. Used for display.
     """
-    out: list[tuple[str, str]] = []
-    pos = 0
-    markers = (HUMAN, ASSISTANT)
-    role = None
-    while True:
-        nxt = [(text.find(m, pos), m) for m in markers]
-        nxt = [(i, m) for i, m in nxt if i >= 0]
-        end = min(nxt)[0] if nxt else len(text)
-        if role is not None:
-            out.append((role, text[pos:end].strip()))
-        if not nxt:
-            return out
-        i, m = min(nxt)
-        role = m.strip().rstrip(":")
-        pos = i + len(m)
+    return [(role, text[a:b].strip()) for role, a, b in turn_spans(text)]
 
 
 def prompt_split(prompt: str, eval_percent: int = DEFAULT_EVAL_PERCENT) -> str:
@@ -321,6 +322,31 @@ def dataset_dir(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / DATASET_NAME / VERSION
 
 
+def find_dataset(data_dir: str | os.PathLike) -> Path | None:
+    """The built dataset for ``data_dir``: ``data_dir`` itself if it is a dataset directory (holds
+    ``dataset_info.json``), else ``<data_dir>/hh_rlhf/<version>`` if built; None if neither."""
+    for path in (Path(data_dir), dataset_dir(data_dir)):
+        if (path / "dataset_info.json").is_file():
+            return path
+    return None
+
+
+_BUILD_FILES = ("dataset_info.json", "features.json", "parse_report.json", "LICENSE")
+
+
+def _is_earlier_build(path: Path) -> bool:
+    """True if ``path`` holds only the files of an earlier :func:`build_hh` (so a rebuild may replace it)."""
+    entries = list(path.iterdir())
+    ours = [
+        p
+        for p in entries
+        if p.is_file()
+        and not p.is_symlink()
+        and (p.name in _BUILD_FILES or fnmatch.fnmatchcase(p.name, f"{DATASET_NAME}-*.array_record-*"))
+    ]
+    return len(ours) == len(entries) and (path / "dataset_info.json") in ours
+
+
 def build_hh(
     manual_dir: str | os.PathLike | None = None,
     data_dir: str | os.PathLike = "runs/data",
@@ -331,7 +357,9 @@ def build_hh(
     """Builds the dataset into ``<data_dir>/hh_rlhf/<version>`` and returns that path.
 
     Built in a temporary sibling directory and moved into place only on success, so an existing build is never
-    corrupted. Writes ``parse_report.json`` (kept / skipped counts) beside the TFDS files. Bad lines raise
+    corrupted; it is replaced only if it holds nothing but an earlier build's files (anything else there, or a
+    ``data_dir`` that is itself a dataset directory, raises :class:`UsageError`). Writes ``parse_report.json``
+    (kept / skipped counts) beside the TFDS files. Bad lines raise
     :class:`UsageError` (with file and line) unless ``skip_bad``.
     """
     import tensorflow_datasets as tfds
@@ -340,8 +368,14 @@ def build_hh(
     input_files(manual, subsets)  # fail early, before TFDS, on a missing directory or subset
     if not 0 < eval_percent < 100:
         raise UsageError(f"eval_percent must be in (0, 100), got {eval_percent}")
+    if (Path(data_dir) / "dataset_info.json").exists():
+        raise UsageError(
+            f"data dir {data_dir} is itself a built HH dataset; pass the directory that holds "
+            f"{DATASET_NAME}/{VERSION} instead"
+        )
     final = dataset_dir(data_dir)
-    with atomic_directory(final) as tmp:
+    ensure_writable_dir(final.parent)
+    with atomic_directory(final, replace=_is_earlier_build) as tmp:
         scratch = tmp / "_build"
         builder = _builder_cls()(
             subsets=subsets,
@@ -414,10 +448,8 @@ def load_hh(split: str, data_dir: str | os.PathLike = "runs/data") -> HHSource:
 
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; expected one of {SPLITS}")
-    path = Path(data_dir)
-    if not (path / "dataset_info.json").exists():
-        path = dataset_dir(data_dir)
-    if not (path / "dataset_info.json").exists():
+    path = find_dataset(data_dir)
+    if path is None:
         raise UsageError(
             f"no HH dataset at {data_dir}; build it with: "
             f"python -m infalign_jax.data.hh --data-dir {data_dir}"
@@ -429,8 +461,10 @@ def load_hh(split: str, data_dir: str | os.PathLike = "runs/data") -> HHSource:
 
 
 def build_or_load(split: str, data_dir: str | os.PathLike = "runs/data", manual_dir=None) -> HHSource:
-    """:func:`load_hh`, building the dataset first (default source) if it is not there yet."""
-    if not (dataset_dir(data_dir) / "dataset_info.json").exists():
+    """:func:`load_hh`, building the dataset first (default source) if it is not there yet.
+
+    Like :func:`load_hh`, accepts the dataset directory itself as ``data_dir``."""
+    if find_dataset(data_dir) is None:
         build_hh(manual_dir, data_dir)
     return load_hh(split, data_dir)
 
@@ -439,7 +473,7 @@ def build_or_load(split: str, data_dir: str | os.PathLike = "runs/data", manual_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m infalign_jax.data.hh", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m infalign_jax.data.hh", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--manual-dir",
         default=None,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from infalign_jax.cli import UsageError
-from infalign_jax.data.hh import ASSISTANT, HUMAN
+from infalign_jax.data.hh import turn_spans
 
 Encoded = dict[str, np.ndarray]
 
@@ -200,17 +200,10 @@ def _backend(tokenizer):
 
 
 def assistant_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans ``[start, end)`` of every Assistant turn's text (after ``"\\n\\nAssistant:"`` up to the
-    next ``"\\n\\nHuman:"`` or the end)."""
-    spans = []
-    pos = 0
-    while (i := text.find(ASSISTANT, pos)) >= 0:
-        start = i + len(ASSISTANT)
-        j = text.find(HUMAN, start)
-        end = len(text) if j < 0 else j
-        spans.append((start, end))
-        pos = end
-    return spans
+    """Character spans ``[start, end)`` of every Assistant turn's text: after a ``"\\n\\nAssistant:"`` up to
+    the next role marker (``"\\n\\nHuman:"`` or another ``"\\n\\nAssistant:"``) or the end, so no marker
+    lies inside a span (:func:`~infalign_jax.data.hh.turn_spans`)."""
+    return [(a, b) for role, a, b in turn_spans(text) if role == "Assistant"]
 
 
 _CHARS_PER_TOKEN = 12

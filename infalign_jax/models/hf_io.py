@@ -248,7 +248,7 @@ def save_pretrained(
     if path.exists() and not overwrite:
         raise UsageError(f"{path} already exists; pass overwrite=True to replace it")
     tensors = dict(iter_hf_tensors(model))
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, replace=overwrite) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_hf_config(), indent=2) + "\n")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
