@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from infalign_jax.io_utils import atomic_write_text
+
 
 def _to_float(v: Any) -> float | None:
     try:
@@ -21,12 +23,44 @@ def _to_float(v: Any) -> float | None:
     return f
 
 
+def _row_step(line: str) -> float | None:
+    """The ``step`` of a metrics.jsonl row; ``nan`` for a JSON line without a numeric step, ``None`` for a
+    torn (unparsable) line."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return float(step) if isinstance(step, int | float) and not isinstance(step, bool) else math.nan
+
+
+def drop_rows_after(path: str | os.PathLike, step: int) -> int:
+    """Removes the rows of steps after ``step`` (and torn, unparsable lines) from the JSONL file ``path``.
+
+    A run resumed from its checkpoint at ``step`` repeats the steps after it, so the rows an interrupted
+    attempt logged for them must go. The file is rewritten atomically, and only if something is dropped (a
+    missing file is fine); rows without a numeric step are kept. Returns the number of lines dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if (s := _row_step(ln)) is not None and not s > step]
+    if len(kept) < len(lines) or not path.read_bytes().endswith(b"\n"):
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+    return len(lines) - len(kept)
+
+
 class MetricsWriter:
     """Writes scalar metrics per step to ``<workdir>/metrics.jsonl`` and TensorBoard events under
     ``<workdir>/tb``.
 
     The JSONL file is appended to (resumed runs continue it); only the main process
-    (``jax.process_index() == 0``) should construct a writer with ``enabled=True``.
+    (``jax.process_index() == 0``) should construct a writer with ``enabled=True``. With ``truncate=True``
+    the run resumes at ``initial_step``: rows of later steps already in the file (logged by an interrupted
+    attempt after its last checkpoint) are dropped first (:func:`drop_rows_after`) and TensorBoard is told to
+    purge its events from step ``initial_step + 1`` on, so every step is logged once. The default
+    (``truncate=False``) keeps what is there and only appends.
     """
 
     def __init__(
@@ -37,6 +71,7 @@ class MetricsWriter:
         enabled: bool = True,
         desc: str = "train",
         progress: bool = True,
+        truncate: bool = False,
     ):
         self.enabled = enabled
         self.workdir = Path(workdir)
@@ -48,7 +83,10 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._tb = SummaryWriter(str(self.workdir / "tb"))
+        if truncate:
+            drop_rows_after(self.workdir / "metrics.jsonl", initial_step)
+        purge_step = initial_step + 1 if truncate else None
+        self._tb = SummaryWriter(str(self.workdir / "tb"), purge_step=purge_step)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         if progress:
             self._bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True)

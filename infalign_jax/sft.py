@@ -11,9 +11,12 @@ CLI::
 
     python -m infalign_jax.sft --config configs/sft_hh_tiny.py [--config.num_steps=50] [--workdir DIR]
 
-Workdir layout: ``checkpoints/`` (Orbax, resumed automatically), ``tokenizer/``, ``tb/`` + ``metrics.jsonl``,
-``export/`` (reload with :func:`infalign_jax.models.from_pretrained`) and ``eval.json``. A workdir whose
-export is finished is never overwritten silently: pass ``--overwrite`` (or use a new ``--workdir``).
+Workdir layout: ``run_config.json`` (the config the run was started with), ``checkpoints/`` (Orbax, resumed
+automatically), ``tokenizer/``, ``tb/`` + ``metrics.jsonl``, ``export/`` (reload with
+:func:`infalign_jax.models.from_pretrained`) and ``eval.json``. A workdir whose export is finished is never
+overwritten silently: pass ``--overwrite`` (start over from scratch, tokenizer included) or use a new
+``--workdir``. A run is resumed only with the model and tokenizer settings it was started with. Every input
+(config values, workdir, data, tokenizer, a run to resume) is checked before anything is written or removed.
 
 Training is one ``jax.jit``-ed pure step over the ``nnx.split`` state; the batch is sharded over the mesh's
 ``'data'`` axis (all local devices; multi-host via ``jax.make_array_from_process_local_data``).
@@ -39,7 +42,11 @@ from flax import nnx
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
 from infalign_jax.io_utils import atomic_write_json
 
-EXPORT, CHECKPOINTS, TOKENIZER = "export", "checkpoints", "tokenizer"
+EXPORT, CHECKPOINTS, TOKENIZER, RUN_CONFIG = "export", "checkpoints", "tokenizer", "run_config.json"
+# Everything a run writes into its workdir (what --overwrite removes).
+RUN_OUTPUTS = (EXPORT, CHECKPOINTS, TOKENIZER, RUN_CONFIG, "eval.json", "metrics.jsonl", "tb")
+# Config keys (besides the ``model`` block) a resumed run must keep: they fix the parameters or the tokenizer.
+RUN_IDENTITY_KEYS = ("max_len", "tokenizer_path", "vocab_size")
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -106,6 +113,8 @@ def make_steps(graphdef, tx, pad_id: int):
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int):
+    """The :class:`~infalign_jax.models.ModelConfig` of ``config``'s ``model`` block for a ``vocab_size``
+    tokenizer."""
     from infalign_jax.models import ModelConfig, RopeConfig
 
     m = config.model
@@ -127,14 +136,150 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int):
     )
 
 
+def _abstract_model(config: ml_collections.ConfigDict, vocab_size: int):
+    """``(graphdef, abstract state)`` of the model ``config`` describes (shapes only, nothing allocated)."""
+    from infalign_jax.models import Transformer
+
+    return nnx.split(nnx.eval_shape(lambda: Transformer(model_config(config, vocab_size), rngs=nnx.Rngs(0))))
+
+
+def _is_int(v, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
 def _check_config(config) -> None:
+    """Raises :class:`UsageError` for any config value the run would fail on later: called before anything is
+    loaded or written."""
+    from infalign_jax.sampling import SamplingConfig
+    from infalign_jax.tokenizer_train import MIN_VOCAB_SIZE
+
+    for name in (
+        "batch_size",
+        "num_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
+        if not _is_int(config[name], 1):
+            raise UsageError(f"{name} must be an integer >= 1, got {config[name]!r}")
     n_data = jax.device_count()
     if config.batch_size % n_data:
         raise UsageError(f"batch_size {config.batch_size} is not a multiple of the {n_data} devices")
-    if config.num_steps < 1:
-        raise UsageError(f"num_steps must be >= 1, got {config.num_steps}")
-    if max(config.buckets) != config.max_len:
-        raise UsageError(f"the largest bucket {max(config.buckets)} must equal max_len {config.max_len}")
+    if not _is_int(config.warmup_steps, 0):
+        raise UsageError(f"warmup_steps must be an integer >= 0, got {config.warmup_steps!r}")
+    buckets = config.buckets
+    if not isinstance(buckets, tuple | list) or not buckets or not all(_is_int(b, 1) for b in buckets):
+        raise UsageError(f"buckets must be a non-empty tuple of positive lengths, got {buckets!r}")
+    if max(buckets) != config.max_len:
+        raise UsageError(f"the largest bucket {max(buckets)} must equal max_len {config.max_len}")
+    if not (_is_int(config.max_prompt_len, 2) and config.max_prompt_len < config.max_len):
+        raise UsageError(
+            f"need 2 <= max_prompt_len < max_len, got max_prompt_len {config.max_prompt_len!r}, "
+            f"max_len {config.max_len}"
+        )
+    if not config.tokenizer_path and not _is_int(config.vocab_size, MIN_VOCAB_SIZE):
+        raise UsageError(f"vocab_size must be an integer >= {MIN_VOCAB_SIZE}, got {config.vocab_size!r}")
+    model_config(config, config.vocab_size)  # the model block's own checks (heads, architecture, ...)
+    if config.num_samples > 0:
+        if not _is_int(config.sample_max_new_tokens, 1):
+            raise UsageError(
+                f"sample_max_new_tokens must be an integer >= 1, got {config.sample_max_new_tokens!r}"
+            )
+        SamplingConfig(temperature=config.sample_temperature, top_p=config.sample_top_p)
+
+
+def _check_directory_path(path: Path, what: str) -> None:
+    """Raises :class:`UsageError` unless ``path`` is a directory or could be created as one (no file at it or
+    above it). Creates nothing."""
+    for p in (path, *path.parents):
+        if p.is_dir():
+            return
+        if p.exists() or p.is_symlink():
+            blocker = "it exists" if p == path else f"{p} exists"
+            raise UsageError(f"{what} {path} cannot be a directory: {blocker} and is not a directory")
+
+
+def _key_name(key) -> str:
+    """The name of one step of a pytree key path (dict key, attribute or index)."""
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
+def _named_leaves(tree) -> dict:
+    """``{"a.b.c": leaf}`` for a pytree of dicts; the ``value`` level of nnx variables is left out."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+    return {".".join(n for k in path if (n := _key_name(k)) != "value"): leaf for path, leaf in flat}
+
+
+def _diffs(old: dict, new: dict) -> list[str]:
+    """``"key: old -> new"`` for every key whose value differs between two flat dicts."""
+    missing = "(none)"
+    return [
+        f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, missing) != new.get(k, missing)
+    ]
+
+
+def _run_identity(config_dict: dict) -> dict:
+    """The flattened settings a resumed run must keep (the ``model`` block and :data:`RUN_IDENTITY_KEYS`;
+    ``vocab_size`` only when the tokenizer is trained by the run)."""
+    flat = _named_leaves(json.loads(json.dumps(config_dict)))
+    keep = set(RUN_IDENTITY_KEYS) - ({"vocab_size"} if flat.get("tokenizer_path") else set())
+    return {k: v for k, v in flat.items() if k.startswith("model.") or k in keep}
+
+
+def _param_shape_diffs(mngr, step: int, state) -> list[str]:
+    """How the parameter shapes of checkpoint ``step`` differ from those of ``state`` (empty: they match)."""
+    saved = _named_leaves(mngr.item_metadata(step)["train"]["params"])
+    wanted = _named_leaves(nnx.to_pure_dict(state))
+    return _diffs(
+        {k: tuple(v.shape) for k, v in saved.items()}, {k: tuple(v.shape) for k, v in wanted.items()}
+    )
+
+
+def _summary(diffs: list[str], n: int = 3) -> str:
+    return "; ".join(diffs[:n]) + (f" (and {len(diffs) - n} more)" if len(diffs) > n else "")
+
+
+def _check_resumable(workdir: Path, config, tok_dir: Path) -> None:
+    """Raises :class:`UsageError` (touching nothing) if the run in ``workdir`` cannot be continued with
+    ``config``: it was started with other model / tokenizer settings (its ``run_config.json``), or its latest
+    checkpoint holds parameters of other shapes (this also covers workdirs without ``run_config.json``)."""
+    saved = workdir / RUN_CONFIG
+    diffs, what = [], f"{RUN_CONFIG}: "
+    if saved.is_file():
+        try:
+            started = json.loads(saved.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read {saved}: {e}") from e
+        diffs = _diffs(_run_identity(started), _run_identity(config.to_dict()))
+    if not diffs and (workdir / CHECKPOINTS).is_dir() and (tok_dir / "tokenizer.json").is_file():
+        from infalign_jax.tokenizer_train import load_tokenizer
+
+        mngr = _checkpoint_manager(workdir / CHECKPOINTS, config, create=False)
+        if (latest := mngr.latest_step()) is not None:
+            _, state = _abstract_model(config, len(load_tokenizer(tok_dir)))
+            diffs, what = _param_shape_diffs(mngr, latest, state), f"checkpoint {latest} parameter shapes: "
+        mngr.close()
+    if diffs:
+        raise UsageError(
+            f"{workdir} holds a run started with other model or tokenizer settings "
+            f"({what}{_summary(diffs)}); pass --overwrite to start over or use a new --workdir"
+        )
+
+
+def _clear_run(workdir: Path, keep: Path | None = None) -> None:
+    """Removes everything an earlier run wrote into ``workdir`` (:data:`RUN_OUTPUTS`), except ``keep`` (a
+    given ``tokenizer_path`` that lies there)."""
+    for name in RUN_OUTPUTS:
+        p = workdir / name
+        if keep is not None and p.resolve() == keep.resolve():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _global_batch(batch: dict, mesh) -> tuple[jax.Array, jax.Array]:
@@ -154,11 +299,14 @@ def evaluate(eval_step, state, loader, mesh) -> dict:
     return {"eval_loss": loss, "eval_perplexity": math.exp(loss), "eval_targets": int(n)}
 
 
-def _checkpoint_manager(path: Path, config):
+def _checkpoint_manager(path: Path, config, create: bool = True):
+    """Orbax manager of the run's checkpoints (items ``train`` = params + optimizer state, ``meta`` = JSON);
+    ``create=False`` writes nothing (for reading)."""
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-    return ocp.CheckpointManager(path.absolute(), options=options)
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=create)
+    handlers = {"train": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(path.absolute(), options=options, item_handlers=handlers)
 
 
 def _save(mngr, step: int, state, opt_state, meta: dict) -> None:
@@ -174,9 +322,15 @@ def _save(mngr, step: int, state, opt_state, meta: dict) -> None:
 
 
 def _restore(mngr, step: int, state, opt_state):
-    """``(state, opt_state, meta)`` of checkpoint ``step``, restored onto the shardings of the given trees."""
+    """``(state, opt_state, meta)`` of checkpoint ``step``, restored onto the shardings of the given trees.
+
+    Parameters of other shapes than ``state``'s (a checkpoint of another model config) raise
+    :class:`UsageError`."""
     import orbax.checkpoint as ocp
 
+    if diffs := _param_shape_diffs(mngr, step, state):
+        where = f"checkpoint {step} in {mngr.directory}"
+        raise UsageError(f"{where} does not fit the model config (parameter shapes: {_summary(diffs)})")
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         {"params": state, "opt": opt_state},
@@ -193,15 +347,11 @@ def load_checkpoint(workdir, config: ml_collections.ConfigDict, step: int | None
     ``config`` must be the run's config (model shape, optimizer); the vocabulary size comes from the run's
     tokenizer. ``meta`` = ``{"step": int, "loader": {"epoch", "index"}}``.
     """
-    from infalign_jax.models import Transformer
     from infalign_jax.tokenizer_train import load_tokenizer
 
     workdir = Path(workdir)
     tok_dir = Path(config.tokenizer_path) if config.tokenizer_path else workdir / TOKENIZER
-    vocab = len(load_tokenizer(tok_dir))
-    graphdef, state = nnx.split(
-        nnx.eval_shape(lambda: Transformer(model_config(config, vocab), rngs=nnx.Rngs(0)))
-    )
+    graphdef, state = _abstract_model(config, len(load_tokenizer(tok_dir)))
     tx, _ = make_optimizer(config)
     opt_state = jax.eval_shape(tx.init, state)
     mngr = _checkpoint_manager(workdir / CHECKPOINTS, config)
@@ -251,7 +401,12 @@ def _samples(model, tokenizer, eval_src, config) -> list[dict]:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwrite: bool = False) -> dict:
-    """Runs SFT; returns (and writes to ``<workdir>/eval.json``) the results. See the module docstring."""
+    """Runs SFT; returns (and writes to ``<workdir>/eval.json``) the results. See the module docstring.
+
+    All inputs are checked first (:class:`UsageError`, nothing written): config values, ``workdir``, the data,
+    a given tokenizer, and that a run to resume was started with this model / tokenizer config. Only then does
+    ``overwrite`` remove the earlier run (:data:`RUN_OUTPUTS`, tokenizer included) to start from scratch.
+    """
     from infalign_jax.data.hh import build_or_load, load_hh
     from infalign_jax.data.loader import Loader, sft_encoder
     from infalign_jax.mesh import make_mesh, replicated
@@ -262,31 +417,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
     t0 = time.time()
     _check_config(config)
     workdir = Path(workdir or config.workdir)
+    _check_directory_path(workdir, "workdir")
+    _check_directory_path(Path(config.data_dir), "data_dir")
     export_dir = workdir / EXPORT
-    if export_dir.exists():
-        if not overwrite:
-            raise UsageError(
-                f"{workdir} already holds a finished export ({export_dir}); "
-                "use a new --workdir or pass --overwrite"
-            )
-        for sub in (EXPORT, CHECKPOINTS, "eval.json", "metrics.jsonl", "tb"):  # start over, cleanly
-            p = workdir / sub
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if export_dir.exists() and not overwrite:
+        raise UsageError(
+            f"{workdir} already holds a finished export ({export_dir}); "
+            "use a new --workdir or pass --overwrite"
+        )
+    tok_dir = Path(config.tokenizer_path) if config.tokenizer_path else workdir / TOKENIZER
+    if config.tokenizer_path and not (tok_dir / "tokenizer.json").is_file():
+        raise UsageError(f"no tokenizer.json in tokenizer_path {tok_dir}")
     main_process = jax.process_index() == 0
 
-    # Data and tokenizer.
+    # Data (built into data_dir if it has none), then the workdir: resume, or start over with --overwrite.
     train_src = build_or_load("train", config.data_dir, config.manual_dir or None)
     eval_src = load_hh("eval", config.data_dir)
-    tok_dir = Path(config.tokenizer_path) if config.tokenizer_path else workdir / TOKENIZER
-    if not (tok_dir / "tokenizer.json").exists():
-        if config.tokenizer_path:
-            raise UsageError(f"no tokenizer.json in tokenizer_path {tok_dir}")
+    if len(train_src) < config.batch_size or len(eval_src) == 0:
+        raise UsageError(
+            f"the dataset in {config.data_dir} has {len(train_src)} train / {len(eval_src)} eval dialogues: "
+            f"need at least batch_size ({config.batch_size}) / 1"
+        )
+    if overwrite:
         if main_process:
-            train_hh_tokenizer(config.data_dir, tok_dir, config.vocab_size)
+            _clear_run(workdir, keep=tok_dir if config.tokenizer_path else None)
+    else:
+        _check_resumable(workdir, config, tok_dir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if main_process and not (workdir / RUN_CONFIG).exists():
+        atomic_write_json(workdir / RUN_CONFIG, config.to_dict())
+    if not (tok_dir / "tokenizer.json").exists() and main_process:
+        train_hh_tokenizer(config.data_dir, tok_dir, config.vocab_size)
     tokenizer = load_tokenizer(tok_dir)
     encode = sft_encoder(tokenizer, config.max_len, config.max_prompt_len)
     local_batch = config.batch_size // jax.process_count()
@@ -321,8 +482,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
         train_loader.restore(meta["loader"])
 
     start_step = step
-    writer = MetricsWriter(
-        workdir, total_steps=config.num_steps, initial_step=step, enabled=main_process, desc="sft"
+    writer = MetricsWriter(  # truncate: rows an interrupted attempt logged after the checkpoint go
+        workdir,
+        total_steps=config.num_steps,
+        initial_step=step,
+        enabled=main_process,
+        desc="sft",
+        truncate=True,
     )
     batches = iter(train_loader)
     pending = []  # device metrics since the last log (fetched every log_every steps: no per-step sync)

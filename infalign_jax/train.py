@@ -197,8 +197,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
         state = ckpt.restore(state)
     start = int(state.step)
     main_proc = jax.process_index() == 0
-    writer = MetricsWriter(
-        workdir, config.num_steps, initial_step=start, enabled=main_proc, progress=config.progress
+    writer = MetricsWriter(  # truncate: rows an interrupted attempt logged after its last checkpoint go
+        workdir,
+        config.num_steps,
+        initial_step=start,
+        enabled=main_proc,
+        progress=config.progress,
+        truncate=True,
     )
     meta = {"config": config.to_dict()}
     step_fn = trainer.phased_step if config.step_mode == "phased" else trainer.train_step

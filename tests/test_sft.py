@@ -1,6 +1,8 @@
 """SFT end to end on the real HH data with a tiny model: loss goes down, export reloads with identical logits,
-same seed -> same parameters, a resumed run equals an uninterrupted one, finished runs are not overwritten."""
+same seed -> same parameters, a resumed run equals an uninterrupted one (metrics included), finished runs are
+not overwritten; bad inputs are one UsageError before anything is written, --overwrite starts from scratch."""
 
+import hashlib
 import json
 import shutil
 
@@ -15,7 +17,7 @@ from infalign_jax.cli import load_config_file as load_config
 from infalign_jax.data.hh import build_hh
 from infalign_jax.models import from_pretrained
 from infalign_jax.sft import load_checkpoint, main, masked_lm_loss, train
-from infalign_jax.tokenizer_train import train_hh_tokenizer
+from infalign_jax.tokenizer_train import load_tokenizer, train_hh_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,22 @@ def tiny(prepared, **kw):
     c.update(num_samples=0, seed=3)
     c.update(**kw)
     return c
+
+
+def snapshot(root) -> dict:
+    """``{relative path: (size, mtime, sha256)}`` of all under ``root``: equal snapshots = untouched."""
+    return {
+        str(p.relative_to(root)): (
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None,
+        )
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def metrics_rows(workdir) -> list[dict]:
+    return [json.loads(ln) for ln in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_masked_lm_loss_matches_hand_computation():
@@ -94,3 +112,127 @@ def test_same_seed_same_params_and_resume_equals_uninterrupted(prepared, tmp_pat
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert jax.device_count() == 8  # the batch really was sharded over the 8 test devices
+
+    # Interrupted after logging steps 4-6 but before their checkpoint: the resumed run logs them again, and
+    # metrics.jsonl ends up with exactly the rows of the uninterrupted run (one per step and kind).
+    c = tmp_path / "c"
+    train(tiny(prepared), str(c))
+    for p in (c / "checkpoints" / "6", c / "export"):
+        shutil.rmtree(p)
+    train(tiny(prepared), str(c))
+    assert metrics_rows(c) == metrics_rows(tmp_path / "a")
+    assert [r["step"] for r in metrics_rows(c) if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"buckets": ()}, "buckets must be a non-empty"),
+        ({"log_every": 0}, "log_every must be an integer >= 1, got 0"),
+        ({"eval_every": 0}, "eval_every must be an integer >= 1"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),
+        ({"keep_checkpoints": -1}, "keep_checkpoints must be an integer >= 1, got -1"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"max_prompt_len": 32}, "max_prompt_len < max_len"),
+        ({"tokenizer_path": "", "vocab_size": 100}, "vocab_size must be an integer >= 261"),
+        ({"num_samples": 1, "sample_top_p": 0.0}, "top_p"),
+    ],
+)
+def test_bad_config_values_fail_before_anything_is_written(prepared, tmp_path, bad, message):
+    with pytest.raises(UsageError, match=message):
+        train(tiny(prepared, **bad), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bad_config_value_is_one_error_line_and_exit_2(tmp_path, capsys):
+    argv = ["--config", "configs/sft_hh_tiny.py", "--config.log_every=0", "--workdir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as e:
+        run_main(main, argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: log_every must be an integer >= 1, got 0\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_workdir_that_is_or_lies_under_a_file_is_a_usage_error(prepared, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("precious")
+    for wd, blocker in ((f, "it exists"), (f / "sub", f"{f} exists")):
+        with pytest.raises(UsageError, match=f"workdir {wd} cannot be a directory: {blocker} and is not a"):
+            train(tiny(prepared), str(wd))
+    with pytest.raises(UsageError, match="data_dir .* cannot be a directory"):
+        train(tiny(prepared, data_dir=str(f)), str(tmp_path / "run"))
+    assert f.read_text() == "precious" and [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_resume_with_other_model_or_vocab_is_refused_and_touches_nothing(prepared, tmp_path):
+    wd = tmp_path / "run"
+    train(tiny(prepared, num_steps=2, checkpoint_every=1), str(wd))
+    shutil.rmtree(wd / "export")  # an unfinished run: rerunning resumes it
+    saved = json.loads((wd / "run_config.json").read_text())
+    assert saved["model"]["hidden_size"] == 32 and saved["num_steps"] == 2
+    before = snapshot(wd)
+    with pytest.raises(UsageError, match=r"run_config.json: model.hidden_size: 32 -> 64\); pass --overwrite"):
+        train(_wider(prepared), str(wd))
+    assert snapshot(wd) == before
+    # A workdir without run_config.json (written before it existed): the checkpoint's shapes are compared.
+    (wd / "run_config.json").unlink()
+    before = snapshot(wd)
+    with pytest.raises(UsageError, match=r"checkpoint 2 parameter shapes: embed: \(320, 32\) -> \(320, 64\)"):
+        train(_wider(prepared), str(wd))
+    assert snapshot(wd) == before
+    with pytest.raises(UsageError, match="checkpoint 2 in .* does not fit the model config"):
+        load_checkpoint(wd, _wider(prepared))
+    # The run's own config still resumes it (and records run_config.json again).
+    assert train(tiny(prepared, num_steps=3, checkpoint_every=1), str(wd))["steps"] == 3
+    assert json.loads((wd / "run_config.json").read_text())["num_steps"] == 3
+
+
+def _wider(prepared, **kw):
+    """:func:`tiny` with a wider model (hidden size 64 instead of 32)."""
+    c = tiny(prepared, **kw)
+    c.model.hidden_size = 64
+    return c
+
+
+def test_overwrite_checks_every_input_before_removing_the_old_run(prepared, tmp_path):
+    wd = tmp_path / "run"
+    train(tiny(prepared, num_steps=2, checkpoint_every=1), str(wd))
+    before = snapshot(wd)
+    bad_inputs = [
+        (
+            {"data_dir": str(tmp_path / "typo"), "manual_dir": str(tmp_path / "no_hh")},
+            "HH-RLHF directory not",
+        ),
+        ({"tokenizer_path": str(tmp_path / "no_tok")}, "no tokenizer.json in tokenizer_path"),
+        ({"log_every": 0}, "log_every must be"),
+        ({"batch_size": 4096}, "need at least batch_size"),
+    ]
+    for bad, message in bad_inputs:
+        with pytest.raises(UsageError, match=message):
+            train(tiny(prepared, **bad), str(wd), overwrite=True)
+        assert snapshot(wd) == before, bad
+    assert not (tmp_path / "typo").exists()
+    # Valid inputs: the old run is replaced, even by a run of another model.
+    assert train(_wider(prepared, num_steps=1), str(wd), overwrite=True)["steps"] == 1
+    assert json.loads((wd / "run_config.json").read_text())["model"]["hidden_size"] == 64
+    assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["1"]
+    assert [r["step"] for r in metrics_rows(wd)] == [1, 1]  # train + eval rows of the new run only
+
+
+def test_overwrite_starts_from_scratch_with_a_new_tokenizer(prepared, tmp_path):
+    wd = tmp_path / "run"
+    own_tokenizer = {"tokenizer_path": "", "num_steps": 2, "checkpoint_every": 1}
+    train(tiny(prepared, vocab_size=300, **own_tokenizer), str(wd))
+    assert len(load_tokenizer(wd / "tokenizer")) == 300
+    shutil.rmtree(wd / "export")
+    before = snapshot(wd)
+    with pytest.raises(UsageError, match="run_config.json: vocab_size: 300 -> 280"):  # resuming keeps it
+        train(tiny(prepared, vocab_size=280, **own_tokenizer), str(wd))
+    assert snapshot(wd) == before
+    res = train(tiny(prepared, vocab_size=280, **{**own_tokenizer, "num_steps": 1}), str(wd), overwrite=True)
+    assert res["steps"] == 1
+    assert len(load_tokenizer(wd / "tokenizer")) == 280
+    _, tok = from_pretrained(wd / "export")
+    assert len(tok) == 280
+    assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["1"]
+    assert [r["step"] for r in metrics_rows(wd)] == [1, 1]  # train + eval rows of the new run only

@@ -165,6 +165,9 @@ def test_sigkill_resume_matches_uninterrupted_run(repo_root, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     np.testing.assert_allclose(final_logits(work, n), expected, atol=1e-6, rtol=0)
     assert json.loads((work / "final_eval.json").read_text())["steps"] == n
+    # Rows the killed attempt logged after its last checkpoint were dropped, not duplicated.
+    steps = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, n + 1))
 
 
 def test_sigterm_saves_before_exit(repo_root, tmp_path):
