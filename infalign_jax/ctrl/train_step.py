@@ -264,7 +264,7 @@ def phase_update(
 
     def optimizer_step(params, opt_state, loss, aux, grads):
         updates, new_opt = tx.update(grads, opt_state, params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return (optax.apply_updates(params, updates), new_opt), metrics
 
     def epoch(carry, _):
