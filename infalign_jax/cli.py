@@ -108,7 +108,9 @@ def parse_config_flags(
         config = fv.config
         if config is not None:
             config.keys()  # a config file that failed to load only raises when touched
-    except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError) as e:  # e.g. --config.unknown_field=...
+        raise UsageError(f"bad config override {e} (not a field of the config)") from e
+    except (flags.Error, OSError, TypeError, ValueError) as e:
         raise UsageError("bad arguments or config: " + " ".join(str(e).split())) from e
     if rest:
         raise UsageError(f"unexpected argument(s): {' '.join(rest)}")

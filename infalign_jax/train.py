@@ -23,11 +23,10 @@ import ml_collections
 import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
 from infalign_jax.analytic.procedures import parse_procedure
 from infalign_jax.analytic.solver import best_exponential
-from infalign_jax.cli import UsageError, run_main
+from infalign_jax.cli import UsageError, parse_config_flags, run_main
 from infalign_jax.ctrl import bandit
 from infalign_jax.ctrl.checkpoint import RunCheckpointer
 from infalign_jax.ctrl.objective import LossConfig
@@ -247,40 +246,45 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
     return result
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml_collections config file.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds checkpoints).")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (auto-detected on TPU pods / SLURM)."
-)
-_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (manual multi-process runs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (manual runs).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (manual runs).")
+def _define_flags(fv) -> None:
+    """The trainer's flags besides ``--config`` (see :func:`~infalign_jax.cli.parse_config_flags`)."""
+    flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds checkpoints).", flag_values=fv)
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() first (auto-detected on TPU pods / SLURM).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "coordinator", None, "host:port of process 0 (manual multi-process runs).", flag_values=fv
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes (manual runs).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's id (manual runs).", flag_values=fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    try:
-        flags.FLAGS(argv)
-    except flags.Error as e:
-        raise UsageError(str(e)) from e
-    except (AttributeError, KeyError, TypeError) as e:  # e.g. --config.unknown_field=...
-        raise UsageError(f"bad config override {e} (not a field of the config, or a wrong type)") from e
-    if _CONFIG.value is None or not _WORKDIR.value:
-        raise UsageError("--config and --workdir are required")
-    if _DISTRIBUTED.value:
+    """``python -m infalign_jax.train --config FILE --workdir DIR [--config.key=value ...]``; ``argv``
+    excludes the program name (None: ``sys.argv[1:]``)."""
+    config, fv = parse_config_flags(
+        argv,
+        prog="python -m infalign_jax.train",
+        example="configs/ctrl_bandit.py",
+        define_flags=_define_flags,
+    )
+    if not fv.workdir:
+        raise UsageError("--workdir is required")
+    if fv.distributed:
         kwargs = {}
-        if _COORDINATOR.value:
+        if fv.coordinator:
             kwargs = dict(
-                coordinator_address=_COORDINATOR.value,
-                num_processes=_NUM_PROCESSES.value,
-                process_id=_PROCESS_ID.value,
-                coordinator_bind_address=_COORDINATOR.value,
+                coordinator_address=fv.coordinator,
+                num_processes=fv.num_processes,
+                process_id=fv.process_id,
+                coordinator_bind_address=fv.coordinator,
             )
         jax.distributed.initialize(**kwargs)
     try:
-        train(_CONFIG.value, _WORKDIR.value)
+        train(config, fv.workdir)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE

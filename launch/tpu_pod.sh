@@ -32,6 +32,11 @@ for v in TPU ZONE CONFIG WORKDIR; do
   [ -n "${!v}" ] || { echo "error: --$(echo "$v" | tr 'A-Z' 'a-z') is required" >&2; exit 2; }
 done
 [ -f "$CONFIG" ] || { echo "error: config file $CONFIG does not exist" >&2; exit 2; }
+# Only git-tracked files are shipped to the workers (git ls-files below): the config must be one of them.
+git ls-files --error-unmatch -- "$CONFIG" >/dev/null 2>&1 || {
+  echo "error: config file $CONFIG is not tracked by git, so the workers would not get it (git add it)" >&2
+  exit 2
+}
 command -v gcloud >/dev/null || { echo "error: gcloud is not installed" >&2; exit 2; }
 
 GC=(gcloud compute tpus tpu-vm --zone "$ZONE" ${PROJECT:+--project "$PROJECT"})
@@ -40,7 +45,8 @@ trap 'rm -f "$TARBALL"' EXIT
 git ls-files -z | tar --null -czf "$TARBALL" -T -
 
 "${GC[@]}" scp "$TARBALL" "$TPU:~/infalign_jax.tar.gz" --worker=all
-EXTRA_Q=$(printf ' %q' "${EXTRA[@]+"${EXTRA[@]}"}")
+EXTRA_Q=""  # printf with no arguments would print one empty argument ('')
+if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA_Q=$(printf ' %q' "${EXTRA[@]}"); fi
 "${GC[@]}" ssh "$TPU" --worker=all --command "
   set -e
   mkdir -p ~/infalign_jax && tar -xzf ~/infalign_jax.tar.gz -C ~/infalign_jax && cd ~/infalign_jax

@@ -115,6 +115,28 @@ def test_prompt_batch_must_divide_over_the_data_axis(repo_root, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["stray"], "unexpected argument(s): stray"),
+        (["--config.nosuch=1"], "not a field of the config"),
+        (["--config={broken}"], "failed to load: SyntaxError"),
+    ],
+)
+def test_cli_bad_arguments_are_one_line_exit_2(repo_root, tmp_path, capsys, extra, message):
+    from infalign_jax.cli import run_main
+    from infalign_jax.train import main
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n")
+    argv = ["--config", str(repo_root / "configs" / "ctrl_bandit.py"), "--workdir", str(tmp_path / "w")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argv + [e.format(broken=broken) for e in extra])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert message in err and not (tmp_path / "w").exists()
+
+
 def test_auto_t_picks_solver_exponential(repo_root):
     cfg = step_config(
         tiny_config(repo_root, auto_t=True, procedure="won:4", kl_budget=0.3, transform="identity")
