@@ -20,7 +20,7 @@ import numpy as np
 from infalign_jax.cli import load_config_file
 from infalign_jax.ctrl import train_step
 from infalign_jax.ctrl.train_step import CtrlTrainer
-from infalign_jax.train import PROBLEMS, _mesh, make_optimizer, step_config
+from infalign_jax.train import PROBLEMS, _mesh, optimizer, step_config
 
 
 def _no_calibration(rewards_ps, ref_sorted_pk, method):
@@ -37,16 +37,7 @@ def main():
     config.num_ref = args.num_ref
     cfg = step_config(config)
     problem = PROBLEMS[config.problem](config, cfg)
-    o = config.optim
-    tx = make_optimizer(
-        o.lr,
-        config.num_steps,
-        o.warmup_steps,
-        o.schedule,
-        o.end_factor,
-        o.weight_decay,
-        updates_per_step=cfg.ppo_epochs,
-    )
+    tx = optimizer(config, cfg)  # as the trainer builds it (its clipping setting included)
     real_calibrate = train_step.calibrate
     runs = {}
     for mode in ("phased", "fused", "fused_nocal"):

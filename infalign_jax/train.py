@@ -170,13 +170,11 @@ def host_tree(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
-    """Runs (or resumes) a CTRL run in ``workdir``; returns the final evaluation (or None)."""
-    cfg = step_config(config)
-    workdir = Path(workdir)
-    problem = PROBLEMS[config.problem](config, cfg)
+def optimizer(config: ml_collections.ConfigDict, cfg: StepConfig):
+    """The run's optax optimizer from ``config.optim`` (its schedule in train steps of ``cfg.ppo_epochs``
+    updates each)."""
     o = config.optim
-    tx = make_optimizer(
+    return make_optimizer(
         o.lr,
         config.num_steps,
         o.warmup_steps,
@@ -188,7 +186,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
         max_grad_norm=float(o.max_grad_norm) or None,
         updates_per_step=cfg.ppo_epochs,
     )
-    trainer = CtrlTrainer(problem.policy, problem.scorer, cfg, tx, _mesh(config))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
+    """Runs (or resumes) a CTRL run in ``workdir``; returns the final evaluation (or None)."""
+    cfg = step_config(config)
+    workdir = Path(workdir)
+    problem = PROBLEMS[config.problem](config, cfg)
+    trainer = CtrlTrainer(problem.policy, problem.scorer, cfg, optimizer(config, cfg), _mesh(config))
     state = trainer.init_state(problem.params, problem.ref_params, problem.env, config.seed)
     ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
     if ckpt.latest_step() is not None:
