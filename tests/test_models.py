@@ -149,6 +149,17 @@ def _rewrite(path: Path, fn) -> None:
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
+def test_generation_config_eos_ids_are_added(tmp_path):
+    """transformers' generate stops at generation_config.json's EOS ids (Gemma 3 instruct lists <end_of_turn>
+    only there): they are appended to config.json's; a malformed one is a UsageError."""
+    path = _copy_fixture("llama", tmp_path)
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    assert models.from_pretrained(path)[0].config.eos_token_ids == (2, 7)
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": "</s>"}))
+    with pytest.raises(UsageError, match="eos_token_id must be token ids"):
+        models.from_pretrained(path)
+
+
 def test_missing_tensor_is_named(tmp_path):
     path = _copy_fixture("qwen2", tmp_path)
     _rewrite(path, lambda t: t.pop("model.layers.1.self_attn.k_proj.bias"))

@@ -28,6 +28,7 @@ from infalign_jax.models.config import ModelConfig
 from infalign_jax.models.transformer import Transformer, param_shapes
 
 CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"  # read for its EOS ids only
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -80,7 +81,26 @@ def read_hf_config(path: str | os.PathLike) -> ModelConfig:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"{cfg_path} is not valid JSON: {e}") from None
-    return ModelConfig.from_hf_config(cfg)
+    config = ModelConfig.from_hf_config(cfg)
+    extra = [e for e in _generation_eos_ids(path) if e not in config.eos_token_ids]
+    if extra:  # e.g. Gemma 3 instruct: <end_of_turn> (106) is listed in generation_config.json only
+        config = config.replace(eos_token_id=config.eos_token_ids + tuple(extra))
+    return config
+
+
+def _generation_eos_ids(path: Path) -> tuple[int, ...]:
+    """The EOS ids of ``generation_config.json`` (what transformers' ``generate`` stops at), if any."""
+    gen_path = path / GENERATION_CONFIG_NAME
+    if not gen_path.is_file():
+        return ()
+    try:
+        eos = json.loads(gen_path.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise UsageError(f"{gen_path} is not a valid generation config: {e}") from None
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in eos):
+        raise UsageError(f"{gen_path}: eos_token_id must be token ids >= 0, got {eos!r}")
+    return tuple(eos)
 
 
 class _TensorFiles:
