@@ -115,3 +115,7 @@ def test_bad_input_exits_2_with_one_line_and_keeps_existing_files(tmp_path, repo
     proc = _run(["--kl", "0.5", "--plot", str(tmp_path / "dir.png"), "--json"], repo_root)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "directory" in proc.stderr
     assert existing.read_bytes() == b"keep me"
+    # An output under a FILE is refused before the computation (it was a FileExistsError traceback after it).
+    with pytest.raises(UsageError, match="is not a directory"):
+        main(["--kl", "0.5", "--export-transform", str(existing / "x.npz")])
+    assert existing.read_bytes() == b"keep me"

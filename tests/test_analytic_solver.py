@@ -195,10 +195,33 @@ def test_bad_solver_inputs_raise_usage_errors():
         (lambda: exponential_at_kl("bon:4", 1.0, float("nan")), "finite"),
         (lambda: solve_optimal("bon:x", 0.5), "not an integer"),
         (lambda: bon_policy_point(0), "positive integer"),
+        (lambda: match_kl("bon:4", 1e-12, grid=64), "use a larger budget"),  # beta capped at 1e4
+        (lambda: exponential_point("bon:4", [1.0, 2.0, 3.0], [0.1, 0.2]), "do not broadcast"),
     ]:
         with pytest.raises(UsageError) as e:
             call()
         assert fragment in str(e.value), str(e.value)
+
+
+def test_kth_and_rejection_special_cases_equal_their_closed_forms():
+    """kth:1,50 IS won:50 and rejection:0,1 IS identity. At small β the optimal masses near u = 0 underflow
+    to 0, where kth's clipped log-space sum had a zero gradient (stalled solver, wrong Φ*), and rejection's
+    a^(n−1) with a = F(0) = 0, n = 1 had a NaN one; both now match exactly (to the solver's tolerance)."""
+    kth, won = (match_kl(spec, 0.13, grid=256) for spec in ("kth:1,50", "won:50"))
+    assert kth.iterations < 1000 and kth.residual < 1e-9
+    np.testing.assert_allclose(kth.phi_c, won.phi_c, atol=1e-6)
+    np.testing.assert_allclose(kth.win_rate, won.win_rate, atol=1e-12)
+    rej, ident = (solve_optimal(spec, 0.2, grid=256) for spec in ("rejection:0,1", "identity"))
+    assert np.isfinite(rej.residual) and rej.residual < 1e-9
+    np.testing.assert_allclose(rej.win_rate, ident.win_rate, atol=1e-12)
+    assert parse_procedure(parse_procedure("rejection:0.1234567,3").spec).params == (0.1234567, 3)
+
+
+def test_exponential_point_broadcasts_t_against_a_scalar_beta():
+    both = exponential_point("bon:4", [1.0, 5.0], 0.5)
+    one = exponential_point("bon:4", 5.0, [0.5])
+    assert both.t.tolist() == [1.0, 5.0] and both.beta.tolist() == [0.5, 0.5]
+    assert both.win_rate[1] == one.win_rate[0]
 
 
 def test_cdf_from_masses_normalizes_exactly():

@@ -156,6 +156,9 @@ def _check_output(path: Path | None, flag: str, suffix: str) -> None:
         raise UsageError(f"{flag}: expected a {suffix} file name, got {str(path)!r}")
     if path.is_dir():
         raise UsageError(f"{flag}: {str(path)!r} is a directory")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # checked before the computation, not when writing after it
+        raise UsageError(f"{flag}: cannot write {str(path)!r}: {str(blocker)!r} is not a directory")
 
 
 def enable_compilation_cache() -> None:
@@ -208,7 +211,10 @@ def main(argv=None) -> int:
         fig = frontier_figure(procedure, kls, grid=args.grid, results=results)
         outputs[args.plot] = figure_png_bytes(fig)
     for path, data in outputs.items():  # everything computed: now write, each file atomically
-        atomic_write_bytes(path, data)
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
         print(f"wrote {path}", file=sys.stderr)
 
     if args.json:

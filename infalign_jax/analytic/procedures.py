@@ -57,13 +57,28 @@ def _extreme_of_n_map(F_m, u_m, n, worst):
 
 
 def _kth_of_n_map(F_m, u_m, k, n):
-    # P(k-th lowest of n draws ≤ v) = P(at least k draws ≤ v) = Σ_{j=k}^{n} C(n, j) F^j (1 − F)^{n−j},
-    # summed in log space (k, n static; F clipped into (0, 1) so that no log(0) reaches the gradient).
+    # P(k-th lowest of n draws ≤ v) = P(at least k draws ≤ v) = Σ_{j=k}^{n} C(n, j) F^j (1 − F)^{n−j}: the
+    # Beta(k, n − k + 1) CDF at F. Its value is summed in log space (k, n static; F clipped into (0, 1), so no
+    # log(0)); its derivative is the Beta density n C(n−1, k−1) F^{k−1} (1 − F)^{n−k}, given exactly by a
+    # custom JVP — through the clip, F = 0 or 1 (cells whose masses underflowed) would get a zero gradient
+    # where the true one is not (k = 1 at F = 0: n; k = n at F = 1: n), and the solver would stall there.
     del u_m
     j = np.arange(k, n + 1)
     log_comb = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in j])
-    F = jnp.clip(F_m, 1e-300, 1.0 - 1e-16)[..., None]
-    return jnp.sum(jnp.exp(log_comb + j * jnp.log(F) + (n - j) * jnp.log1p(-F)), axis=-1)
+    density_scale = n * math.comb(n - 1, k - 1)  # < 1.8e308 for n <= MAX_N
+
+    @jax.custom_jvp
+    def tail(F):
+        F = jnp.clip(F, 1e-300, 1.0 - 1e-16)[..., None]
+        return jnp.sum(jnp.exp(log_comb + j * jnp.log(F) + (n - j) * jnp.log1p(-F)), axis=-1)
+
+    @tail.defjvp
+    def _(primals, tangents):
+        (F,), (dF,) = primals, tangents
+        density = density_scale * F ** (k - 1) * (1.0 - F) ** (n - k)  # static integer powers: exact at 0, 1
+        return tail(F), density * dF
+
+    return tail(F_m)
 
 
 def _rejection_map(F_m, u_m, q, n):
@@ -76,7 +91,12 @@ def _rejection_map(F_m, u_m, q, n):
     inside = (a > 0.0) & (a < 1.0)
     a_in = jnp.where(inside, a, 0.5)
     geometric = jnp.where(inside, -jnp.expm1(n * jnp.log(a_in)) / (1.0 - a_in), jnp.where(a >= 1.0, n, 1.0))
-    return jnp.where(u_m < q, a ** (n - 1) * F_m, a**n + (F_m - a) * geometric)
+    # a^{n−1} with n traced: at a = 0 its derivative (n−1)·0^{n−2} is 0·inf = NaN for n = 1, and jnp.where
+    # does not stop a NaN gradient, so a = 0 takes the constant branch (exact there: a = F(q) = 0 means F = 0
+    # at every point below q, where a^{n−1} multiplies F).
+    a_pos = jnp.where(a > 0.0, a, 1.0)
+    all_fail = jnp.where(a > 0.0, a_pos ** (n - 1), jnp.where(n == 1, 1.0, 0.0))
+    return jnp.where(u_m < q, all_fail * F_m, a**n + (F_m - a) * geometric)
 
 
 def _custom_map(F_m, u_m, user_fn, takes_u):
@@ -126,7 +146,7 @@ def rejection(q: float, n: int) -> Procedure:
         raise UsageError(f"rejection: threshold q must be a number in [0, 1], got {q!r}") from None
     if not 0.0 <= q <= 1.0:
         raise UsageError(f"rejection: threshold q must be in [0, 1], got {q!r}")
-    return Procedure(f"rejection:{q:g},{n}", _rejection_map, (q, n))
+    return Procedure(f"rejection:{q!r},{n}", _rejection_map, (q, n))  # repr: parses back to the same q
 
 
 def custom(fn: Callable, name: str = "custom") -> Procedure:

@@ -399,6 +399,21 @@ def _as_batch(values, name: str, low: float, high: float):
     return np.atleast_1d(arr), arr.ndim == 0
 
 
+def _broadcast_with_t(t, values, name: str, low: float, high: float):
+    """``((t_b, values_b), scalar)``: ``t`` (a finite number or 1-D array) and the validated ``values``
+    broadcast to one 1-D batch; ``scalar`` if both are numbers."""
+    values_b, scalar = _as_batch(values, name, low, high)
+    t_arr = np.asarray(t, np.float64)
+    if t_arr.ndim > 1 or t_arr.size == 0 or not np.all(np.isfinite(t_arr)):
+        raise UsageError(f"t must be a finite number or a non-empty 1-D sequence, got {t!r}")
+    try:
+        t_b, values_b = np.broadcast_arrays(np.atleast_1d(t_arr), values_b)
+    except ValueError:
+        shapes = f"t (shape {t_arr.shape}) and {name} (shape {values_b.shape})"
+        raise UsageError(f"{shapes} do not broadcast") from None
+    return (np.array(t_b), np.array(values_b)), scalar and t_arr.ndim == 0
+
+
 def _unbatch(result, scalar: bool):
     return jax.tree.map(lambda x: x[0], result) if scalar else result
 
@@ -520,8 +535,7 @@ def match_kl(procedure, kl, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_ITER, to
 def exponential_point(procedure, t, beta, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
     """W and KL of p ∝ exp(Φ_t(u)/β) (``t`` and ``beta`` numbers or broadcastable 1-D arrays)."""
     procedure = as_procedure(procedure)
-    beta_b, scalar = _as_batch(beta, "beta", 0.0, 1e6)
-    t_b = np.broadcast_to(np.asarray(t, np.float64), beta_b.shape)
+    (t_b, beta_b), scalar = _broadcast_with_t(t, beta, "beta", 0.0, 1e6)
     static, dynamic = _split(procedure)
     return _unbatch(_exponential_beta_batch(static, dynamic, t_b, beta_b, _check_grid(grid)), scalar)
 
@@ -530,8 +544,7 @@ def exponential_point(procedure, t, beta, *, grid=DEFAULT_CELLS) -> ExponentialP
 def exponential_at_kl(procedure, t, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
     """The tilt by Φ_t whose KL equals ``kl`` (β found by bisection). ``t = 0`` is the identity transform."""
     procedure = as_procedure(procedure)
-    kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
-    t_b = np.broadcast_to(np.asarray(t, np.float64), kl_b.shape)
+    (t_b, kl_b), scalar = _broadcast_with_t(t, kl, "KL budget", 0.0, MAX_KL)
     static, dynamic = _split(procedure)
     result = _search_rows(static, dynamic, t_b, kl_b, np.zeros(kl_b.shape, bool), grid)
     _check_matched(result.kl, kl_b, procedure, "exponential")
@@ -597,11 +610,15 @@ def _search_rows(static, dynamic, t_b, kl_b, search_b, grid):
 
 
 def _check_matched(kl_found, kl_b, procedure, what):
-    miss = np.abs(np.asarray(kl_found) - kl_b)
-    if np.any(miss > 1e-6 * np.maximum(1.0, kl_b)):
-        bad = float(kl_b[np.argmax(miss)])
+    """UsageError unless every KL found is within 1e-6 of its budget (1e-6 relative above 1) AND within
+    1e-4 relative: a tiny budget (e.g. 1e-12) that the β range cannot reach must not pass as matched."""
+    kl_found = np.asarray(kl_found)
+    miss = np.abs(kl_found - kl_b)
+    bad = miss > np.minimum(1e-6 * np.maximum(1.0, kl_b), 1e-4 * kl_b)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        advice = "a larger budget" if kl_found[i] > kl_b[i] else "a smaller budget or a finer --grid"
         raise UsageError(
-            f"{what} policy for {procedure.spec}: KL budget {bad:g} is not reachable on this grid "
-            f"(closest KL {float(np.asarray(kl_found)[np.argmax(miss)]):.4g}); use a smaller budget "
-            "or a finer --grid"
+            f"{what} policy for {procedure.spec}: KL budget {kl_b[i]:g} is not reachable on this grid "
+            f"(closest KL {kl_found[i]:.4g}); use {advice}"
         )
