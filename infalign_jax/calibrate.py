@@ -48,6 +48,9 @@ def build_table(
         raise UsageError(f"hh.calibration_batch_prompts must be >= 1, got {chunk}")
     key = jax.random.key_data(seed_key(config.seed))  # checks the seed before anything is written
     require_artifacts(config)
+    # Loading validates the config (split, lengths vs the policy's positions, ...) BEFORE the table's
+    # meta.json records it: a failed first run must not leave a table that refuses the corrected rerun.
+    parts = parts or load_components(config)
     meta = {**table_meta(config), "batch_prompts": chunk}
     writer = CalibrationTableWriter(table_dir, k, meta=meta)
     stale = {key: (writer.meta.get(key), v) for key, v in meta.items() if writer.meta.get(key) != v}
@@ -57,7 +60,6 @@ def build_table(
             f"{table_dir} was built with {name}={have!r} but the config has {need!r}; use another --workdir"
         )
     done = writer.done_ids()
-    parts = parts or load_components(config)
     ids = parts.prompts.ids
     n = len(ids)
     todo = [

@@ -142,3 +142,27 @@ def test_table_writer_resumes_and_rejects_nan(tmp_path):
     with pytest.raises(UsageError, match="cannot resume with K=4"):
         CalibrationTableWriter(path, k=4)
     assert json.loads((path / "meta.json").read_text())["format"] == "infalign_jax.calibration_table"
+
+
+def test_table_errors_are_usage_errors(tmp_path):
+    """A path that is a file, a damaged meta.json or shard, and a lookup in an empty table: one UsageError."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(UsageError, match="not a directory"):
+        CalibrationTableWriter(afile, k=2)
+    empty = tmp_path / "empty"
+    CalibrationTableWriter(empty, k=2).close()
+    with pytest.raises(UsageError, match="the table is empty"):
+        load_table(empty).lookup([0])
+    w = CalibrationTableWriter(tmp_path / "t", k=2, shard_size=1)
+    w.add([1], [[0.0, 1.0]])
+    w.close()
+    shard = json.loads((tmp_path / "t" / "meta.json").read_text())["shards"][0]
+    (tmp_path / "t" / shard).write_bytes(b"not an npz")
+    with pytest.raises(UsageError, match="missing or damaged"):
+        load_table(tmp_path / "t")
+    with pytest.raises(UsageError, match="missing or damaged"):
+        CalibrationTableWriter(tmp_path / "t", k=2)
+    (tmp_path / "t" / "meta.json").write_text('{"format": ')
+    with pytest.raises(UsageError, match="not JSON"):
+        load_table(tmp_path / "t")

@@ -187,6 +187,11 @@ def test_calibrate_cli_table_resume_and_refusals(
     with pytest.raises(UsageError, match="max_new_tokens"):
         hh.open_table(cfg, components.prompts.ids)
 
+    # A config error caught while loading (here the split) leaves no table behind to refuse the fixed rerun.
+    bad = tmp_path / "bad_split"
+    assert _exit_code(calibrate.main, cli_args(repo_root, {**overrides(parts, bad), "hh.split": "test"})) == 2
+    assert not (bad / "meta.json").exists()
+
     # Final evaluation of π_ref itself against the table: u in [0, 1], reference mean read from the table.
     ev = hh.evaluate(components, table, components.params, num_samples=4, seed=0, chunk=4)["eval"]
     assert 0.0 < ev["u_mean"] < 1.0 and ev["prompts"] == 6
@@ -261,3 +266,19 @@ def test_sample_and_score_on_a_data_mesh_equals_one_device(components):
     got = c.rewards_fn(c.params, c.env, sharded, rng, k=4)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     assert np.std(want) > 0
+
+
+def test_decoded_responses_are_stripped_like_reward_model_training_replies(repo_root):
+    """The policy's first response token carries the space of 'prompt + " " + reply'; the reward model was
+    trained on stripped replies, so the scorer must see 'I can help', not ' I can help'."""
+    from transformers import AutoTokenizer
+
+    from infalign_jax.ctrl.lm import decode_responses
+
+    tok = AutoTokenizer.from_pretrained(str(repo_root / "tests/fixtures/models/llama"), local_files_only=True)
+    ids = tok.encode(" I can help you ", add_special_tokens=False)
+    assert tok.decode(ids).startswith(" ")
+    texts = decode_responses(
+        tok, np.array([ids, ids]), np.array([[True] * len(ids), [True, True] + [False] * (len(ids) - 2)])
+    )
+    assert texts[0] == "I can help you" and texts[1] == tok.decode(ids[:2]).strip()

@@ -39,8 +39,12 @@ def _read_meta(path: Path) -> dict[str, Any]:
     meta_path = path / "meta.json"
     if not meta_path.exists():
         raise UsageError(f"{path} is not a calibration table (no meta.json)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{meta_path} is unreadable or not JSON ({e}); rebuild the table") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        meta = meta if isinstance(meta, dict) else {}
         raise UsageError(
             f"{meta_path}: unsupported calibration table format {meta.get('format')!r} "
             f"version {meta.get('version')!r}"
@@ -69,9 +73,14 @@ class CalibrationTableWriter:
                 )
             self._done = set()
             for shard in self.meta["shards"]:
-                with np.load(self.path / shard) as z:
-                    self._done.update(int(i) for i in z["prompt_id"])
+                try:
+                    with np.load(self.path / shard, allow_pickle=False) as z:
+                        self._done.update(int(i) for i in z["prompt_id"])
+                except (OSError, KeyError, ValueError) as e:
+                    raise UsageError(f"{self.path}: shard {shard} is missing or damaged ({e})") from None
         else:
+            if self.path.exists() and not self.path.is_dir():
+                raise UsageError(f"calibration table path {self.path} exists and is not a directory")
             self.path.mkdir(parents=True, exist_ok=True)
             self.meta = {
                 "format": FORMAT,
@@ -148,6 +157,8 @@ class CalibrationTable:
     def lookup(self, prompt_ids) -> np.ndarray:
         """Sorted reference rewards [P, K] for the given prompt ids (UsageError if any id is missing)."""
         ids = np.asarray(prompt_ids, np.int64).reshape(-1)
+        if len(self.prompt_ids) == 0 and len(ids):
+            raise UsageError(f"prompt id {int(ids[0])} not in calibration table (the table is empty)")
         pos = np.searchsorted(self.prompt_ids, ids)
         pos = np.minimum(pos, len(self.prompt_ids) - 1)
         missing = self.prompt_ids[pos] != ids
@@ -163,9 +174,12 @@ def load_table(path: str | os.PathLike) -> CalibrationTable:
     meta = _read_meta(path)
     ids, rewards = [np.zeros((0,), np.int64)], [np.zeros((0, meta["k"]), np.float32)]
     for shard in meta["shards"]:
-        with np.load(path / shard) as z:
-            ids.append(z["prompt_id"])
-            rewards.append(z["rewards"])
+        try:
+            with np.load(path / shard, allow_pickle=False) as z:
+                ids.append(z["prompt_id"])
+                rewards.append(z["rewards"])
+        except (OSError, KeyError, ValueError) as e:
+            raise UsageError(f"calibration table {path}: shard {shard} is missing or damaged ({e})") from None
     ids_n, rewards_nk = np.concatenate(ids), np.concatenate(rewards)
     order = np.argsort(ids_n, kind="stable")
     return CalibrationTable(ids_n[order], rewards_nk[order], meta)
