@@ -282,3 +282,24 @@ def test_decoded_responses_are_stripped_like_reward_model_training_replies(repo_
         tok, np.array([ids, ids]), np.array([[True] * len(ids), [True, True] + [False] * (len(ids) - 2)])
     )
     assert texts[0] == "I can help you" and texts[1] == tok.decode(ids[:2]).strip()
+
+
+def test_table_meta_tracks_the_weights_not_just_the_paths(parts, repo_root, tmp_path):
+    """An SFT export rewritten in place (same path, new weights) changes the table's recorded metadata, so
+    open_table / calibrate refuse a table built for the old weights."""
+    import shutil
+
+    policy = tmp_path / "policy"
+    shutil.copytree(parts["policy"], policy)
+    cfg = make_config(repo_root, {**overrides(parts, tmp_path / "t"), "hh.policy_path": str(policy)})
+    before = hh.table_meta(cfg)
+    assert hh.table_meta(cfg) == before  # deterministic
+    weights = policy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    after = hh.table_meta(cfg)
+    assert after["policy_weights_sha256"] != before["policy_weights_sha256"]
+    assert {k: v for k, v in after.items() if k != "policy_weights_sha256"} == {
+        k: v for k, v in before.items() if k != "policy_weights_sha256"
+    }

@@ -14,6 +14,7 @@ the step (``reference="online"``).
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,12 +117,29 @@ def load_components(config) -> HHComponents:
     return HHComponents(policy, params, scorer, scorer.env(), prompts, tokenizer, rewards_fn)
 
 
+def files_digest(root: Path, files: Iterable[Path]) -> str:
+    """sha256 over the names (relative to ``root``) and contents of ``files`` (regular files, sorted)."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in files if p.is_file()):
+        digest.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def table_meta(config) -> dict:
-    """What a calibration table depends on (stored in its meta.json, checked when training)."""
+    """What a calibration table depends on (stored in its meta.json, checked when training): besides the
+    paths, digests of the policy's weights and of the reward model's checkpoint and spec, so that an SFT
+    export or a reward model rewritten in place does not pass as the one the table was built for."""
     h = config.hh
+    policy_dir, rm_dir = Path(h.policy_path), Path(h.rm_workdir)
+    rm_files = [*(rm_dir / "checkpoint").rglob("*"), rm_dir / "rm_spec.json"]
     return {
-        "policy_path": str(Path(h.policy_path).resolve()),
-        "rm_workdir": str(Path(h.rm_workdir).resolve()),
+        "policy_path": str(policy_dir.resolve()),
+        "rm_workdir": str(rm_dir.resolve()),
+        "policy_weights_sha256": files_digest(policy_dir, policy_dir.glob("*.safetensors")),
+        "rm_sha256": files_digest(rm_dir, rm_files),
         "split": h.split,
         "max_prompt_len": int(h.max_prompt_len),
         "max_new_tokens": int(h.max_new_tokens),
