@@ -67,7 +67,11 @@ def build_table(
     ]
     for c in todo:
         if done.intersection(ids[c * chunk : (c + 1) * chunk].tolist()):
-            raise UsageError(f"{table_dir}: chunk {c} is partly stored (table edited by hand?); rebuild it")
+            raise UsageError(
+                f"{table_dir}: chunk {c} is partly stored — the table was built for another prompt set "
+                f"(e.g. an hh.num_prompts that is not a multiple of hh.calibration_batch_prompts={chunk}); "
+                "build it in a new directory"
+            )
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
