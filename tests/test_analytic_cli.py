@@ -119,3 +119,18 @@ def test_bad_input_exits_2_with_one_line_and_keeps_existing_files(tmp_path, repo
     with pytest.raises(UsageError, match="is not a directory"):
         main(["--kl", "0.5", "--export-transform", str(existing / "x.npz")])
     assert existing.read_bytes() == b"keep me"
+
+
+def test_plot_curves_stop_at_the_grid_reach():
+    """won:50 reaches KL 0.2 on 256 cells but not the curves' top budget (1.3 × 0.2): the figure's curves
+    stop before it instead of failing the run; a requested unreachable budget is still an error."""
+    from infalign_jax.analytic.command import analyze
+    from infalign_jax.analytic.plotting import CURVE_POINTS, frontier_figure
+
+    report, results = analyze("won:50", [0.2], grid=256, with_curves=True)
+    curve_kl = results[2].kl[1:]
+    assert report["points"][0]["kl"] == 0.2 and 0 < len(curve_kl) < CURVE_POINTS
+    assert np.all(np.diff(curve_kl) > 0) and curve_kl[-1] < 0.26
+    assert len(frontier_figure("won:50", [0.2], grid=256, results=results).axes) == 2
+    with pytest.raises(UsageError, match="not reachable"):
+        analyze("won:50", [0.26], grid=256)

@@ -84,16 +84,29 @@ def analyze(procedure, kls, *, grid: int = DEFAULT_CELLS, with_curves: bool = Fa
     """The JSON report ``{"procedure": spec, "points": [{"kl", "optimal": {"win_rate", "beta"}, "exponential":
     {"t", "win_rate", "beta"}, "identity": {"win_rate", "beta"}}, ...]}`` (every entry at its requested KL to
     1e-6) and the raw results (optimal, exponential, identity) over ``kls`` followed, with ``with_curves``, by
-    the figure's curve budgets. Every (solver, budget) pair is its own call, all spread over the CPU cores at
-    once, slowest kind first (:func:`~infalign_jax.analytic.threads.map_concurrently`)."""
+    the figure's curve budgets that all three solvers reach on this grid (unreachable ones are left out; a
+    requested budget that is unreachable is a UsageError). Every (solver, budget) pair is its own call, all
+    spread over the CPU cores at once (:func:`~infalign_jax.analytic.threads.map_concurrently`)."""
     procedure = as_procedure(procedure)
     kls = np.asarray(kls, np.float64)
     batch = np.concatenate([kls, curve_kls(float(kls.max()))]) if with_curves else kls
     solvers = (best_exponential, match_kl, identity_at_kl)
-    jobs = [(solve, float(kl)) for solve in solvers for kl in batch]
-    results = map_concurrently(lambda job: job[0](procedure, job[1], grid=grid), jobs)
-    stack = lambda part: jax.tree.map(lambda *xs: np.stack(xs), *part)
-    expo, opt, ident = (stack(results[i * len(batch) : (i + 1) * len(batch)]) for i in range(3))
+    jobs = [(solve, float(kl), i >= len(kls)) for solve in solvers for i, kl in enumerate(batch)]
+
+    def run(job):
+        solve, kl, curve_point = job
+        try:
+            return solve(procedure, kl, grid=grid)
+        except UsageError:
+            if not curve_point:
+                raise
+            return None  # a curve budget beyond this grid's reach: the curves stop before it
+
+    results = map_concurrently(run, jobs)
+    parts = [results[i * len(batch) : (i + 1) * len(batch)] for i in range(3)]
+    keep = [i for i in range(len(batch)) if all(part[i] is not None for part in parts)]
+    stack = lambda part: jax.tree.map(lambda *xs: np.stack(xs), *(part[i] for i in keep))
+    expo, opt, ident = (stack(part) for part in parts)
     points = [
         {
             "kl": float(kl),

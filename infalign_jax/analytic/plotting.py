@@ -32,8 +32,9 @@ def curve_kls(kl_max: float) -> np.ndarray:
 def frontier_figure(procedure, kls, *, grid: int, results=None):
     """Two panels: (left) W(T(p) ≻ T(π_ref)) vs KL for the optimal Φ*, the best exponential Φ_t and the
     identity, with the BoN-policy points; (right) Φ*(u) at the requested budgets ``kls`` (scaled to Φ*(1) = 1)
-    next to the best Φ_t. ``results``: (optimal, exponential, identity) over ``kls`` followed by
-    ``curve_kls(max(kls))``, as returned by ``command.analyze(..., with_curves=True)`` (else solved here).
+    next to the best Φ_t. ``results``: (optimal, exponential, identity) over ``kls`` followed by the
+    reachable budgets of ``curve_kls(max(kls))``, as ``command.analyze(..., with_curves=True)`` returns them
+    (else solved here); the curves are drawn at the KLs the results hold.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -51,6 +52,7 @@ def frontier_figure(procedure, kls, *, grid: int, results=None):
     k = len(kls)
     optimal, exponential = (jax.tree.map(lambda x: x[:k], r) for r in results[:2])
     curve_opt, curve_exp, curve_id = (jax.tree.map(lambda x: x[k:], r) for r in results)
+    xs = np.asarray(curve_id.kl, np.float64)  # the budgets reached (each to 1e-6)
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
@@ -60,7 +62,8 @@ def frontier_figure(procedure, kls, *, grid: int, results=None):
     ax.plot(x0, np.append(0.5, curve_exp.win_rate), "--", color="C1", lw=2, label="best exponential Φ_t")
     ax.plot(x0, np.append(0.5, curve_id.win_rate), ":", color="C2", lw=2, label="identity Φ(u) = u")
     ax.plot(kls, optimal.win_rate, "o", color="C0", ms=5)
-    bon_n = [n for n in range(2, 65) if bon_policy_point(n)[0] <= xs[-1]]
+    top = xs[-1] if len(xs) else float(kls.max())
+    bon_n = [n for n in range(2, 65) if bon_policy_point(n)[0] <= top]
     if bon_n:
         bon_kl = [bon_policy_point(n)[0] for n in bon_n]
         bon_w = bon_policy_win_rate(procedure, np.array(bon_n), grid=grid)
