@@ -96,6 +96,15 @@ def test_bad_transform_specs(spec):
         parse_transform(spec)
 
 
+def test_table_points_that_collide_in_float32_are_merged(tmp_path):
+    """1 − 1e-10 and 1 are one float32 number: the table keeps the first of them (strictly increasing u)."""
+    path = tmp_path / "fine.npz"
+    np.savez(path, u=np.array([0.0, 0.5, 1.0 - 1e-10, 1.0]), phi=np.array([0.0, 0.2, 0.9, 1.0]))
+    tab = parse_transform(f"table:{path}")
+    assert tab.table_u.tolist() == [0.0, 0.5, 1.0 - 1e-10] and tab.table_phi.tolist() == [0.0, 0.2, 0.9]
+    assert np.all(np.diff(np.asarray(tab.table_u, np.float32)) > 0)
+
+
 def test_bad_table_contents(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, u=np.array([0.0, 0.7, 0.5]), phi=np.array([0.0, 0.2, 1.0]))

@@ -97,7 +97,10 @@ def _load_table(path: str, spec: str) -> tuple[np.ndarray, np.ndarray]:
         raise UsageError(f"transform {spec!r}: table holds non-finite values")
     if np.any(np.diff(u) <= 0) or u[0] < 0 or u[-1] > 1:
         raise UsageError(f"transform {spec!r}: 'u' must be strictly increasing within [0, 1]")
-    return u, phi
+    # The step interpolates in float32: points of a very fine grid (cells near u = 1 narrower than float32's
+    # spacing, e.g. an export at --grid 65536) would collapse into duplicate u; keep the first of each.
+    distinct = np.concatenate([[True], np.diff(u.astype(np.float32)) > 0])
+    return u[distinct], phi[distinct]
 
 
 def parse_transform(spec: str) -> Transform:
