@@ -448,6 +448,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
         atomic_write_json(workdir / RUN_CONFIG, config.to_dict())
     if not (tok_dir / "tokenizer.json").exists() and main_process:
         train_hh_tokenizer(config.data_dir, tok_dir, config.vocab_size)
+    if jax.process_count() > 1:  # the others wait until process 0 has cleared/written the workdir + tokenizer
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("infalign_jax.sft: workdir and tokenizer ready")
     tokenizer = load_tokenizer(tok_dir)
     encode = sft_encoder(tokenizer, config.max_len, config.max_prompt_len)
     local_batch = config.batch_size // jax.process_count()
