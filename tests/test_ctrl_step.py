@@ -4,15 +4,12 @@ update's gradients == jax.grad of the surrogate, and a 2-process jax.distributed
 Run as a script (``python tests/test_ctrl_step.py PROCESS_ID PORT OUT``) it is the multi-process worker.
 """
 
-import os
-import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from two_processes import init_worker, run_workers
 
 from infalign_jax.ctrl import bandit
 from infalign_jax.ctrl.objective import LossConfig
@@ -112,36 +109,9 @@ def test_nonfinite_reward_leaves_state_unchanged():
     assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(opt_state))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path):
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
     out = tmp_path / "mp.npz"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(i), str(port), str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=120)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    run_workers(__file__, out, timeout=120)
     got = np.load(out)
     loss, params, _, _, _ = _run(make_mesh(2, 2, jax.devices()[:4]))
     np.testing.assert_allclose(got["loss"], loss, atol=1e-5)
@@ -199,17 +169,9 @@ def test_update_gradients_equal_direct_autodiff(epochs):
     )
 
 
-if __name__ == "__main__":
-    pid, port, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
-    jax.config.update("jax_num_cpu_devices", 2)
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=2,
-        process_id=pid,
-        coordinator_bind_address=f"127.0.0.1:{port}",
-    )
-    assert jax.device_count() == 4 and jax.process_count() == 2
+if __name__ == "__main__":  # the worker of test_two_processes_match_one
+    (out,) = init_worker(sys.argv)
     loss, params, _, _, _ = _run(make_mesh(2, 2))
-    if pid == 0:
+    if jax.process_index() == 0:
         np.savez(out, loss=loss, params=params)
     jax.distributed.shutdown()

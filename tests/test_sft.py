@@ -4,10 +4,7 @@ not overwritten; bad inputs are one UsageError before anything is written, --ove
 
 import hashlib
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from two_processes import init_worker, run_workers
 
 from infalign_jax.cli import UsageError, run_main
 from infalign_jax.cli import load_config_file as load_config
@@ -250,25 +248,8 @@ def test_two_processes_match_one(prepared, tmp_path, repo_root):
     roundoff of tiny gradients into relative changes of lr-sized steps; 8e-5 measured after 6 steps at lr
     1e-2)."""
     one = train(tiny(prepared), tmp_path / "one")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
     work = tmp_path / "two"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(i), str(port), str(prepared), str(work)],
-            cwd=repo_root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    run_workers(__file__, prepared, work, cwd=repo_root)
     two = json.loads((work / "eval.json").read_text())
     assert abs(two["train_loss_last"] - one["train_loss_last"]) < 1e-6
     assert abs(two["eval_loss"] - one["eval_loss"]) < 1e-6
@@ -277,14 +258,6 @@ def test_two_processes_match_one(prepared, tmp_path, repo_root):
 
 
 if __name__ == "__main__":  # the worker of test_two_processes_match_one
-    pid, port, root, work = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
-    jax.config.update("jax_num_cpu_devices", 2)
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=2,
-        process_id=pid,
-        coordinator_bind_address=f"127.0.0.1:{port}",
-    )
-    assert jax.device_count() == 4 and jax.process_count() == 2
-    train(tiny(root), work)
+    root, work = init_worker(sys.argv)
+    train(tiny(Path(root)), work)
     jax.distributed.shutdown()
