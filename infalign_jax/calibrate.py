@@ -33,7 +33,7 @@ from infalign_jax.ctrl.hh import (
     table_meta,
 )
 from infalign_jax.ctrl.table import CalibrationTableWriter
-from infalign_jax.sampling.sampler import seed_key
+from infalign_jax.seeds import seed_key
 
 
 def build_table(

@@ -27,6 +27,7 @@ from infalign_jax.analytic.solver import DEFAULT_CELLS, as_procedure
 from infalign_jax.cli import ArgumentParser, UsageError, load_config_file, run_main
 from infalign_jax.ctrl.bandit import EVAL_PROCEDURES
 from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
+from infalign_jax.seeds import check_seed
 from infalign_jax.train import train
 
 BANDIT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ctrl_bandit.py"
@@ -102,6 +103,7 @@ def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict
         raise UsageError(f"--kl must be in (0, 2], got {kl}")
     if steps < 1:
         raise UsageError(f"--steps must be >= 1, got {steps}")
+    check_seed(seed, "--seed")  # before the workdir is claimed: a bad seed must not block the corrected rerun
     if not BANDIT_CONFIG.is_file():  # configs/ is not part of a wheel: the main job needs a checkout
         raise UsageError(
             f"{BANDIT_CONFIG} not found: run the main job from a checkout installed with `pip install -e .`"

@@ -41,6 +41,7 @@ from flax import nnx
 
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
 from infalign_jax.io_utils import atomic_write_json
+from infalign_jax.seeds import check_seed
 
 EXPORT, CHECKPOINTS, TOKENIZER, RUN_CONFIG = "export", "checkpoints", "tokenizer", "run_config.json"
 # Everything a run writes into its workdir (what --overwrite removes).
@@ -163,6 +164,7 @@ def _check_config(config) -> None:
     ):
         if not _is_int(config[name], 1):
             raise UsageError(f"{name} must be an integer >= 1, got {config[name]!r}")
+    check_seed(config.seed)
     n_data = jax.device_count()
     if config.batch_size % n_data:
         raise UsageError(f"batch_size {config.batch_size} is not a multiple of the {n_data} devices")

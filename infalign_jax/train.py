@@ -35,7 +35,7 @@ from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedur
 from infalign_jax.io_utils import atomic_write_json
 from infalign_jax.mesh import DATA, make_mesh
 from infalign_jax.metrics_log import MetricsWriter
-from infalign_jax.sampling.sampler import seed_key
+from infalign_jax.seeds import seed_key
 
 
 def _hh_problem(config: ml_collections.ConfigDict, step_cfg: StepConfig) -> CtrlProblem:

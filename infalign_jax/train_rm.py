@@ -42,6 +42,7 @@ from infalign_jax.reward.bradley_terry import (
     standardization,
 )
 from infalign_jax.reward.model import RewardModel, RewardSpec, build_reward_model, save_reward_model
+from infalign_jax.seeds import check_seed
 
 FINETUNE_TRAIN_ACC_PAIRS = 256  # after fine-tuning, train accuracy is measured on this many train pairs
 
@@ -83,6 +84,7 @@ def spec_from_config(config) -> RewardSpec:
 
 
 def validate(config) -> None:
+    check_seed(config.seed)
     t = config.train
     for name in ("encode_batch_size", "head_batch_size", "finetune_batch_size", "log_every"):
         if int(t[name]) < 1:

@@ -43,6 +43,14 @@ def test_missing_bandit_config_is_reported_before_writing(tmp_path, monkeypatch)
     assert not (tmp_path / "w").exists()
 
 
+def test_bad_seed_is_refused_before_the_workdir_is_claimed(tmp_path):
+    """A seed outside [0, 2**32) used to be found by the trainer, after settings.json had claimed the workdir
+    for that seed, so the corrected rerun was refused as "a run with other settings"."""
+    with pytest.raises(UsageError, match="--seed must be an integer in"):
+        run("bon:4", 0.3, tmp_path / "w", seed=-1, steps=1)
+    assert not (tmp_path / "w").exists()
+
+
 def test_identity_procedure_uses_the_identity_transform(tmp_path):
     """For T = identity the best exponential has t ≈ 0: the exponential method trains Φ(u) = u (exp:0 is not
     a valid transform)."""

@@ -139,6 +139,8 @@ def test_same_seed_same_params_and_resume_equals_uninterrupted(prepared, tmp_pat
         ({"max_prompt_len": 32}, "max_prompt_len < max_len"),
         ({"tokenizer_path": "", "vocab_size": 100}, "vocab_size must be an integer >= 261"),
         ({"num_samples": 1, "sample_top_p": 0.0}, "top_p"),
+        ({"seed": -1}, "seed must be an integer in .0, 2..32., got -1"),  # was a grain traceback mid-run
+        ({"seed": 2**32}, "seed must be an integer in"),  # JAX would keep its low 32 bits: seed 0
     ],
 )
 def test_bad_config_values_fail_before_anything_is_written(prepared, tmp_path, bad, message):

@@ -86,6 +86,7 @@ def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path):
     [
         ([f"--config={CONFIG}", "--config.model.backbone=bert"], "backbone"),
         ([f"--config={CONFIG}", "--config.train.head_steps=-1"], "head_steps"),
+        ([f"--config={CONFIG}", "--config.seed=-1"], "seed must be an integer in"),  # was: fails after encoding
         ([f"--config={CONFIG}", "--config.model.no_such_key=1"], "no_such_key"),
         (["--config=configs/does_not_exist.py"], "does_not_exist"),
         ([], "--config"),

@@ -37,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from infalign_jax.cli import UsageError
 from infalign_jax.mesh import DATA, data_sharding
 from infalign_jax.sampling.filters import NEG_INF, SamplingConfig, model_logprob, sample_token
+from infalign_jax.seeds import as_typed_key, seed_key
 
 DEFAULT_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -188,26 +189,6 @@ def generate(
         logprobs=bnl(out_lp),
         sample_logprobs=bnl(out_slp),
     )
-
-
-def seed_key(seed: int) -> jax.Array:
-    """``jax.random.key(seed)`` for a seed in [0, 2**32): without x64 JAX keeps only a seed's low 32 bits, so
-    larger seeds would silently collide (2**32 gives the samples of 0); anything else is a UsageError."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
-        raise UsageError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    return jax.random.key(int(seed))
-
-
-def as_typed_key(key) -> jax.Array:
-    """A typed PRNG key from a typed key or legacy raw key data (``jax.random.PRNGKey``: uint32 [2])."""
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.ndim:
-            raise UsageError(f"key must be a single PRNG key, got shape {key.shape}")
-        return key
-    if key.dtype != jnp.uint32 or key.shape != (2,):
-        raise UsageError(f"key must be a typed PRNG key or uint32 key data [2], got {key.dtype}{key.shape}")
-    return jax.random.wrap_key_data(key)
 
 
 def _round_up(x: int, m: int) -> int:
