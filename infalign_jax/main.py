@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 
+from infalign_jax import run_settings
 from infalign_jax.analytic import command as analytic_command
 from infalign_jax.analytic.plotting import figure_png_bytes, frontier_figure
 from infalign_jax.analytic.solver import DEFAULT_CELLS, as_procedure
@@ -76,16 +77,14 @@ def _claim_workdir(workdir: Path, settings: dict) -> None:
     record = workdir / "settings.json"
     previous = None
     if record.is_file():
-        previous = json.loads(record.read_text())
+        previous = run_settings.read_settings(record)
     elif (workdir / "summary.json").is_file():  # written before settings.json existed
-        summary = json.loads((workdir / "summary.json").read_text())
-        previous = {k: summary.get(k) for k in settings}
-    if previous is not None and previous != settings:
-        diffs = ", ".join(
-            f"{k} {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.get(k) != v
-        )
+        summary = run_settings.read_settings(workdir / "summary.json")
+        previous = {k: summary.get(k, run_settings.MISSING) for k in settings}
+    if previous is not None and (changed := run_settings.diffs(previous, settings)):
         raise UsageError(
-            f"--workdir {workdir} holds a run with other settings ({diffs}); use another --workdir"
+            f"--workdir {workdir} holds a run with other settings ({run_settings.summary(changed)}); "
+            "use another --workdir"
         )
     try:
         workdir.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from infalign_jax import run_settings
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
 from infalign_jax.io_utils import atomic_write_json
 from infalign_jax.seeds import check_seed
@@ -213,20 +214,10 @@ def _named_leaves(tree) -> dict:
     return {".".join(n for k in path if (n := _key_name(k)) != "value"): leaf for path, leaf in flat}
 
 
-def _diffs(old: dict, new: dict) -> list[str]:
-    """``"key: old -> new"`` for every key whose value differs between two flat dicts."""
-    missing = "(none)"
-    return [
-        f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}"
-        for k in sorted(old.keys() | new.keys())
-        if old.get(k, missing) != new.get(k, missing)
-    ]
-
-
 def _run_identity(config_dict: dict) -> dict:
     """The flattened settings a resumed run must keep (the ``model`` block and :data:`RUN_IDENTITY_KEYS`;
     ``vocab_size`` only when the tokenizer is trained by the run)."""
-    flat = _named_leaves(json.loads(json.dumps(config_dict)))
+    flat = run_settings.flatten(json.loads(json.dumps(config_dict)))
     keep = set(RUN_IDENTITY_KEYS) - ({"vocab_size"} if flat.get("tokenizer_path") else set())
     return {k: v for k, v in flat.items() if k.startswith("model.") or k in keep}
 
@@ -235,13 +226,9 @@ def _param_shape_diffs(mngr, step: int, state) -> list[str]:
     """How the parameter shapes of checkpoint ``step`` differ from those of ``state`` (empty: they match)."""
     saved = _named_leaves(mngr.item_metadata(step)["train"]["params"])
     wanted = _named_leaves(nnx.to_pure_dict(state))
-    return _diffs(
+    return run_settings.diffs(
         {k: tuple(v.shape) for k, v in saved.items()}, {k: tuple(v.shape) for k, v in wanted.items()}
     )
-
-
-def _summary(diffs: list[str], n: int = 3) -> str:
-    return "; ".join(diffs[:n]) + (f" (and {len(diffs) - n} more)" if len(diffs) > n else "")
 
 
 def _check_resumable(workdir: Path, config, tok_dir: Path) -> None:
@@ -251,11 +238,8 @@ def _check_resumable(workdir: Path, config, tok_dir: Path) -> None:
     saved = workdir / RUN_CONFIG
     diffs, what = [], f"{RUN_CONFIG}: "
     if saved.is_file():
-        try:
-            started = json.loads(saved.read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read {saved}: {e}") from e
-        diffs = _diffs(_run_identity(started), _run_identity(config.to_dict()))
+        started = run_settings.read_settings(saved)
+        diffs = run_settings.diffs(_run_identity(started), _run_identity(config.to_dict()))
     if not diffs and (workdir / CHECKPOINTS).is_dir() and (tok_dir / "tokenizer.json").is_file():
         from infalign_jax.tokenizer_train import load_tokenizer
 
@@ -267,7 +251,7 @@ def _check_resumable(workdir: Path, config, tok_dir: Path) -> None:
     if diffs:
         raise UsageError(
             f"{workdir} holds a run started with other model or tokenizer settings "
-            f"({what}{_summary(diffs)}); pass --overwrite to start over or use a new --workdir"
+            f"({what}{run_settings.summary(diffs, 3)}); pass --overwrite to start over or use a new --workdir"
         )
 
 
@@ -332,7 +316,8 @@ def _restore(mngr, step: int, state, opt_state):
 
     if diffs := _param_shape_diffs(mngr, step, state):
         where = f"checkpoint {step} in {mngr.directory}"
-        raise UsageError(f"{where} does not fit the model config (parameter shapes: {_summary(diffs)})")
+        shapes = run_settings.summary(diffs, 3)
+        raise UsageError(f"{where} does not fit the model config (parameter shapes: {shapes})")
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         {"params": state, "opt": opt_state},

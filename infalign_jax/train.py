@@ -24,6 +24,7 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
+from infalign_jax import run_settings
 from infalign_jax.analytic.procedures import parse_procedure
 from infalign_jax.analytic.solver import best_exponential
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
@@ -121,28 +122,12 @@ def check_resumable(saved: dict | None, config: ml_collections.ConfigDict, workd
     settings. A checkpoint without a saved config is not checked."""
     if not saved:
         return
-    old, new = _flatten(saved), _flatten(json.loads(json.dumps(config.to_dict())))
-    resumable = lambda k: any(k == r or k.startswith(f"{r}.") for r in RESUMABLE_KEYS)
-    keys = [k for k in old.keys() | new.keys() if not resumable(k)]
-    changed = sorted(k for k in keys if old.get(k) != new.get(k))
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
-        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+    new = run_settings.flatten(json.loads(json.dumps(config.to_dict())))
+    if changed := run_settings.diffs(run_settings.flatten(saved), new, ignore=RESUMABLE_KEYS):
         raise UsageError(
-            f"{workdir} holds a run with other settings ({diffs}{more}); resuming it would mix them — use "
-            f"another workdir (a resumed run may change only {', '.join(RESUMABLE_KEYS)})"
+            f"{workdir} holds a run with other settings ({run_settings.summary(changed)}); resuming it would "
+            f"mix them — use another workdir (a resumed run may change only {', '.join(RESUMABLE_KEYS)})"
         )
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _mesh(config):

@@ -24,7 +24,7 @@ def test_main_job_short_run(tmp_path):
     assert "calibrate-and-transform" in format_summary(summary)
     # The same workdir with other settings is refused before anything is written; the same settings resume.
     before = {f: (tmp_path / f).read_bytes() for f in ("summary.json", "phi_star.npz", "settings.json")}
-    with pytest.raises(UsageError, match="other settings .kl_budget 0.3 -> 0.5"):
+    with pytest.raises(UsageError, match=r"other settings \(kl_budget: 0.3 -> 0.5\)"):
         run("bon:4", 0.5, tmp_path, seed=0, steps=30)
     assert {f: (tmp_path / f).read_bytes() for f in before} == before
     again = run("bon:4", 0.3, tmp_path, seed=0, steps=30)
