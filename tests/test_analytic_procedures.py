@@ -230,3 +230,30 @@ def test_exponential_transform_values_limits_and_stability():
     with jax.enable_x64(True):
         g = jax.grad(exponential_transform)(0.4, 3.0)
         assert abs(float(g) - 3 * np.exp(1.2) / np.expm1(3.0)) < 1e-12
+
+
+def test_kth_of_n_derivative_is_the_beta_density_for_large_n_and_float32_is_finite():
+    """The derivative's scale n·C(n−1, k−1) overflowed int64 from n ≈ 64 (kth:32,64 was an OverflowError in
+    every solve); in float32 the clip at 1 − 1e-16 rounded to 1 and G(1) was 0·log 0 = NaN."""
+    import math
+
+    with jax.enable_x64(True):
+        for k, n in ((32, 64), (500, 1000), (3, 7)):
+            grad = jax.grad(lambda F, k=k, n=n: kth_of_n(k, n).cdf_map(F, jnp.zeros(2)))
+            for F in (0.3, 0.5, 0.7):
+                log_density = (
+                    math.log(n)
+                    + math.lgamma(n)
+                    - math.lgamma(k)
+                    - math.lgamma(n - k + 1)
+                    + (k - 1) * math.log(F)
+                    + (n - k) * math.log1p(-F)
+                )  # the Beta(k, n − k + 1) density at F, by hand
+                np.testing.assert_allclose(float(grad(jnp.float64(F))), math.exp(log_density), rtol=1e-10)
+        edge = jax.grad(lambda F: kth_of_n(4, 4).cdf_map(F, jnp.zeros(2)))
+        assert float(edge(jnp.float64(1.0))) == pytest.approx(4.0, rel=1e-12)  # k = n at F = 1: n
+    u_m = jnp.linspace(0.0, 1.0, 5, dtype=jnp.float32)
+    G = kth_of_n(4, 4).cdf_map(u_m, u_m)  # float32 (x64 off): equals F^4, G(1) = 1
+    assert G.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(G), np.asarray(u_m) ** 4, atol=1e-6)
+    assert float(G[-1]) == 1.0

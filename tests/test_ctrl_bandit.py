@@ -95,3 +95,15 @@ def test_matched_kl_transform_beats_identity(runs):
     assert abs(bon["kl"] - ident["kl"]) < 0.02 and abs(won["kl"] - ident["kl"]) < 0.02
     assert bon["win_rate"]["bon:4"] > ident["win_rate"]["bon:4"] + 0.03
     assert won["win_rate"]["won:4"] > ident["win_rate"]["won:4"] + 0.03
+
+
+def test_discrete_eval_kl_is_exact_for_tiny_reference_masses():
+    """The cell widths are differences of cumulative π_ref masses: in float32 atoms below ~1e-8 got width 0
+    and KL(π_ref ‖ π_ref) came out inf (at bandit.ref_scale ≥ 2.5); it is computed in float64 now."""
+    problem = bandit.make_bandit(4, 1000, 3.0, 0)
+    q = bandit.ref_probs(problem)
+    assert q.min() < 1e-9
+    assert abs(bandit.discrete_eval(q, q, problem.rewards)["kl"]) < 1e-12
+    pi = bandit.tilted_optimum(q, problem.rewards, lambda u: np.asarray(u, np.float64), 0.3)
+    direct = np.mean(np.sum(pi * np.log(pi / q), axis=1))  # KL(π ‖ π_ref) by hand, float64
+    np.testing.assert_allclose(bandit.discrete_eval(pi, q, problem.rewards)["kl"], direct, rtol=1e-9)

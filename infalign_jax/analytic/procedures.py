@@ -58,25 +58,34 @@ def _extreme_of_n_map(F_m, u_m, n, worst):
 
 def _kth_of_n_map(F_m, u_m, k, n):
     # P(k-th lowest of n draws ≤ v) = P(at least k draws ≤ v) = Σ_{j=k}^{n} C(n, j) F^j (1 − F)^{n−j}: the
-    # Beta(k, n − k + 1) CDF at F. Its value is summed in log space (k, n static; F clipped into (0, 1), so no
-    # log(0)); its derivative is the Beta density n C(n−1, k−1) F^{k−1} (1 − F)^{n−k}, given exactly by a
-    # custom JVP — through the clip, F = 0 or 1 (cells whose masses underflowed) would get a zero gradient
-    # where the true one is not (k = 1 at F = 0: n; k = n at F = 1: n), and the solver would stall there.
+    # Beta(k, n − k + 1) CDF at F. Its value is summed in log space (k, n static; F clipped into (0, 1) at the
+    # precision of its dtype, so no log(0) and no 0·log 0), its derivative is the Beta density
+    # n C(n−1, k−1) F^{k−1} (1 − F)^{n−k}, given exactly by a custom JVP, also in log space (n C(n−1, k−1)
+    # exceeds int64 from n ≈ 64 and float32 from n ≈ 130) — through the clip, F = 0 or 1 (cells whose masses
+    # underflowed) would get a zero gradient where the true one is not (k = 1 at F = 0: n; k = n at F = 1: n),
+    # and the solver would stall there.
     del u_m
     j = np.arange(k, n + 1)
     log_comb = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in j])
-    density_scale = n * math.comb(n - 1, k - 1)  # < 1.8e308 for n <= MAX_N
+    log_scale = math.log(n) + math.lgamma(n) - math.lgamma(k) - math.lgamma(n - k + 1)
 
     @jax.custom_jvp
     def tail(F):
-        F = jnp.clip(F, 1e-300, 1.0 - 1e-16)[..., None]
-        return jnp.sum(jnp.exp(log_comb + j * jnp.log(F) + (n - j) * jnp.log1p(-F)), axis=-1)
+        finfo = jnp.finfo(F.dtype)
+        Fc = jnp.clip(F, finfo.tiny, 1.0 - finfo.epsneg)[..., None]
+        G = jnp.sum(jnp.exp(log_comb + j * jnp.log(Fc) + (n - j) * jnp.log1p(-Fc)), axis=-1)
+        return jnp.where(F >= 1.0, 1.0, G).astype(F.dtype)  # G(1) = 1 exactly, whatever the rounding
 
     @tail.defjvp
     def _(primals, tangents):
         (F,), (dF,) = primals, tangents
-        density = density_scale * F ** (k - 1) * (1.0 - F) ** (n - k)  # static integer powers: exact at 0, 1
-        return tail(F), density * dF
+        F_in = jnp.clip(F, 0.0, 1.0)
+        log_density = jnp.asarray(log_scale, F.dtype)  # the powers only where non-zero: exact at F = 0, 1
+        if k > 1:
+            log_density = log_density + (k - 1) * jnp.log(F_in)
+        if n > k:
+            log_density = log_density + (n - k) * jnp.log1p(-F_in)
+        return tail(F), jnp.exp(log_density) * dF
 
     return tail(F_m)
 

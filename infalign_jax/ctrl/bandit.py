@@ -107,14 +107,22 @@ def exact_calibrated_reward(ref_probs_v, rewards_v) -> np.ndarray:
 
 
 @partial(jax.jit, static_argnames="specs")
-def _kl_and_win_rates(w_xc, u_xm, specs: tuple[str, ...]):
-    """KL and win rates [len(specs)] of cell masses w_xc on grids u_xm, vmapped over the leading axis x."""
-
+def _kl_and_win_rates_kernel(w_xc, u_xm, specs: tuple[str, ...]):
     def one(w_c, u_m):
         wins = [inference_win_rate(parse_procedure(spec), w_c, u_m) for spec in specs]
         return kl_to_reference(w_c, u_m), jnp.stack(wins)
 
     return jax.vmap(one)(w_xc, u_xm)
+
+
+def _kl_and_win_rates(w_xc, u_xm, specs: tuple[str, ...]):
+    """KL and win rates [len(specs)] of cell masses w_xc on grids u_xm, vmapped over the leading axis x.
+
+    In float64: the cell widths are differences of cumulative reference masses, and in float32 an atom with
+    π_ref below ~1e-8 gets width 0 (KL = inf) or a grossly wrong one. Returns NumPy arrays."""
+    with jax.enable_x64(True):
+        w_xc, u_xm = jnp.asarray(w_xc, jnp.float64), jnp.asarray(u_xm, jnp.float64)
+        return jax.tree.map(np.asarray, _kl_and_win_rates_kernel(w_xc, u_xm, specs))
 
 
 def _summarize(kl_x, win_xn, procedures) -> dict:
@@ -138,9 +146,7 @@ def discrete_eval(policy_probs_cv, ref_probs_cv, rewards_cv, procedures=EVAL_PRO
     cum = np.cumsum(q_sorted, axis=1) / np.sum(q, axis=1, keepdims=True)
     u_cm = np.concatenate([np.zeros((q.shape[0], 1)), cum], axis=1)
     w_cv = np.take_along_axis(pi, order, axis=1) / np.sum(pi, axis=1, keepdims=True)
-    kl_c, win_cn = _kl_and_win_rates(
-        jnp.asarray(w_cv, jnp.float32), jnp.asarray(u_cm, jnp.float32), tuple(procedures.values())
-    )
+    kl_c, win_cn = _kl_and_win_rates(w_cv, u_cm, tuple(procedures.values()))
     return _summarize(kl_c, win_cn, procedures)
 
 
