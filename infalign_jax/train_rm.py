@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ import optax
 from flax import nnx
 
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
-from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
+from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 from infalign_jax.metrics_log import MetricsWriter
 from infalign_jax.reward.bradley_terry import (
     epoch_batches,
@@ -41,7 +42,14 @@ from infalign_jax.reward.bradley_terry import (
     select_l2_by_cv,
     standardization,
 )
-from infalign_jax.reward.model import RewardModel, RewardSpec, build_reward_model, save_reward_model
+from infalign_jax.reward.model import (
+    CKPT_DIR,
+    SPEC_FILE,
+    RewardModel,
+    RewardSpec,
+    build_reward_model,
+    save_reward_model,
+)
 from infalign_jax.seeds import check_seed
 
 FINETUNE_TRAIN_ACC_PAIRS = 256  # after fine-tuning, train accuracy is measured on this many train pairs
@@ -89,9 +97,10 @@ def validate(config) -> None:
     for name in ("encode_batch_size", "head_batch_size", "finetune_batch_size", "log_every"):
         if int(t[name]) < 1:
             raise UsageError(f"train.{name} must be >= 1, got {t[name]}")
-    for name in ("head_steps", "finetune_steps"):
-        if int(t[name]) < 0:
-            raise UsageError(f"train.{name} must be >= 0, got {t[name]}")
+    if int(t.head_steps) < 1:  # the linear head is always fit (before any fine-tuning)
+        raise UsageError(f"train.head_steps must be >= 1, got {t.head_steps}")
+    if int(t.finetune_steps) < 0:
+        raise UsageError(f"train.finetune_steps must be >= 0, got {t.finetune_steps}")
     for name in ("head_learning_rate", "finetune_learning_rate"):
         if not float(t[name]) > 0:
             raise UsageError(f"train.{name} must be > 0, got {t[name]}")
@@ -226,9 +235,29 @@ def head_rewards(rm: RewardModel, f_nf: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- main
 
 
+# What a train_rm run writes into its workdir; anything else there belongs to another command.
+RUN_OUTPUTS = frozenset({"feature_cache", "metrics.jsonl", "tb", SPEC_FILE, CKPT_DIR, "eval.json"})
+
+
+def check_workdir(workdir: Path) -> None:
+    """UsageError (nothing created or touched) unless ``workdir`` can be this run's: a directory, or creatable
+    as one, holding nothing but earlier train_rm outputs (a rerun replaces them and reuses the feature
+    cache). Another command's workdir is refused."""
+    workdir = Path(workdir)
+    if blocker := next((p for p in (workdir, *workdir.parents) if p.exists() and not p.is_dir()), None):
+        raise UsageError(f"cannot write to directory {workdir}: {blocker} is not a directory")
+    entries = sorted(p.name for p in workdir.iterdir()) if workdir.is_dir() else []
+    if foreign := [name for name in entries if name not in RUN_OUTPUTS]:
+        raise UsageError(
+            f"workdir {workdir} holds files train_rm does not write ({', '.join(foreign[:4])}); use an empty "
+            "directory or an earlier train_rm workdir"
+        )
+
+
 def run(config, workdir: Path) -> dict:
     validate(config)
     spec = spec_from_config(config)
+    check_workdir(workdir)
     t0 = time.perf_counter()
     timings = {}
     pairs = load_pairs(config)
@@ -236,6 +265,7 @@ def run(config, workdir: Path) -> dict:
 
     t = time.perf_counter()
     rm = build_reward_model(spec, seed=int(config.seed))
+    ensure_writable_dir(workdir)  # before the slow encoding (a read-only place fails here, not after it)
     cache_dir = workdir / "feature_cache"
     bs = int(config.train.encode_batch_size)
     fc_tr, fr_tr = cached_features(rm, pairs["train"], cache_dir, bs)
@@ -243,6 +273,8 @@ def run(config, workdir: Path) -> dict:
     timings["features_s"] = time.perf_counter() - t
 
     total = int(config.train.head_steps) + int(config.train.finetune_steps)
+    for old_log in (workdir / "metrics.jsonl", workdir / "tb"):  # a rerun logs afresh (it does not resume)
+        shutil.rmtree(old_log) if old_log.is_dir() else old_log.unlink(missing_ok=True)
     writer = MetricsWriter(workdir, total_steps=total, desc="train_rm")
     try:
         t = time.perf_counter()

@@ -11,6 +11,7 @@ from infalign_jax.data.hh import (
     build_hh,
     build_or_load,
     dialogue_turns,
+    iter_pairs,
     load_hh,
     split_dialogue,
     split_pair,
@@ -208,3 +209,17 @@ def test_cli_bad_flags_and_unusable_data_dir_are_one_line_exit_2(tmp_path, capsy
         assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert message in err
     assert afile.read_text() == "keep"
+
+
+def test_line_separators_inside_json_strings_do_not_split_lines(tmp_path):
+    """JSON allows U+2028/U+2029/U+0085 and \\x1c-\\x1e raw inside strings; str.splitlines() broke a valid
+    line there (a 'malformed JSON' error, or with --skip-bad dropped pairs and shifted ids)."""
+    path = tmp_path / "hh" / "harmless-base" / "train.jsonl.gz"
+    odd = "a\u2028b\u2029c\x85d\x1ce"
+    rows = [_pair("q1", "a", "b"), _pair(odd, "c", "d"), _pair("q3", "e", "f")]
+    _write(path, [json.dumps(r, ensure_ascii=False) for r in rows])  # the odd characters stay raw
+    raw = gzip.open(path, "rt", encoding="utf-8").read()
+    assert raw.count("\n") == 3 and "\u2028" in raw and len(raw.splitlines()) > 3
+    pairs = list(iter_pairs([path]))
+    assert [p[0] for p in pairs] == [0, 1, 2]  # ids are the lines' positions
+    assert pairs[1][1] == f"\n\nHuman: {odd}\n\nAssistant:"

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
+from infalign_jax.cli import UsageError
 from infalign_jax.reward.bradley_terry import (
     bootstrap_ci,
     bt_loss,
@@ -96,3 +97,10 @@ def test_fit_head_recovers_bt_direction_and_is_deterministic():
     # An absurd L2 loses to a sensible one in cross-validation on this data.
     best, scores = select_l2_by_cv(head, fc, fr, [1e-3, 1e3], folds=3, **kw)
     assert best == 1e-3 and scores[1e-3] < scores[1e3]
+    # Fewer pairs than folds: 5-fold CV of 3 pairs had empty held-out folds (NaN scores, an arbitrary pick,
+    # NaN in eval.json); it uses 3 folds of one pair now, and 1 pair cannot be cross-validated at all.
+    kw.update(steps=5, batch_size=2)
+    _, scores = select_l2_by_cv(head, fc[:3], fr[:3], [1e-3, 1e3], folds=5, **kw)
+    assert all(np.isfinite(v) for v in scores.values())
+    with pytest.raises(UsageError, match="needs >= 2 training pairs, got 1"):
+        select_l2_by_cv(head, fc[:1], fr[:1], [1e-3, 1e3], folds=5, **kw)

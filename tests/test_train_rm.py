@@ -72,12 +72,15 @@ def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path):
     # Same seed, same workdir: the cached features are reused and every number repeats exactly.
     cache = sorted(p.name for p in (workdir / "feature_cache").iterdir())
     assert len(cache) == 2
+    metrics = (workdir / "metrics.jsonl").read_text()
     proc = _run(repo_root, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((workdir / "eval.json").read_text())
     assert sorted(p.name for p in (workdir / "feature_cache").iterdir()) == cache
     for key in ("pairwise_accuracy", "ci95", "train_pairwise_accuracy", "head_l2", "cv_heldout_bt_loss"):
         assert again[key] == report[key], key
+    # ... and the rerun logs afresh: it used to append a second copy of every step to metrics.jsonl.
+    assert (workdir / "metrics.jsonl").read_text() == metrics
     assert np.isfinite(again["train_pairwise_accuracy"])
 
 
@@ -86,6 +89,7 @@ def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path):
     [
         ([f"--config={CONFIG}", "--config.model.backbone=bert"], "backbone"),
         ([f"--config={CONFIG}", "--config.train.head_steps=-1"], "head_steps"),
+        ([f"--config={CONFIG}", "--config.train.head_steps=0"], "head_steps must be >= 1"),  # was: np.stack
         # a bad seed used to fail only after the whole data set was encoded
         ([f"--config={CONFIG}", "--config.seed=-1"], "seed must be an integer in"),
         ([f"--config={CONFIG}", "--config.model.no_such_key=1"], "no_such_key"),
@@ -99,3 +103,20 @@ def test_bad_config_exits_2(repo_root, tmp_path, args, needle):
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("error:") and needle in err[-1]
     assert not (tmp_path / "w").exists()  # nothing written
+
+
+def test_workdir_of_another_command_or_a_file_is_refused_untouched(repo_root, tmp_path):
+    """train_rm used to write its eval.json / metrics into any workdir (e.g. an SFT run's), and a workdir that
+    is a file failed with a traceback after encoding every pair."""
+    sft_like = tmp_path / "sft"
+    (sft_like / "export").mkdir(parents=True)
+    (sft_like / "eval.json").write_text('{"sft_eval_loss": 1.0}')
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    cases = ((sft_like, "holds files train_rm does not write (export)"), (afile, "not a directory"))
+    for workdir, needle in cases:
+        proc = _run(repo_root, f"--config={CONFIG}", f"--workdir={workdir}")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("error:") and needle in proc.stderr
+    assert sorted(p.name for p in sft_like.iterdir()) == ["eval.json", "export"]
+    assert (sft_like / "eval.json").read_text() == '{"sft_eval_loss": 1.0}' and afile.read_text() == "keep"

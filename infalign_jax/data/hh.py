@@ -168,8 +168,13 @@ def iter_pairs(
     gid = 0
     for path in files:
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                lines = f.read().splitlines()
+            with gzip.open(path, "rt", encoding="utf-8") as f:  # universal newlines: \r\n, \r -> \n
+                text = f.read()
+            # Split on \n only: str.splitlines() also breaks at U+2028/U+2029/U+0085 and \x1c-\x1e, which
+            # JSON allows raw inside strings (that split valid lines and shifted every later id).
+            lines = text.split("\n")
+            if lines[-1] == "":
+                lines.pop()  # the final newline ends the last line; it does not start another
         except (OSError, EOFError, UnicodeDecodeError) as e:
             raise UsageError(f"{path}: cannot read gzip'd UTF-8 text: {e}") from e
         for lineno, line in enumerate(lines, start=1):

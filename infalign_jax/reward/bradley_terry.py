@@ -174,7 +174,15 @@ def _scan_fit(graphdef, learning_rate, steps, params, rest, fc, fr, idx_sb, l2):
 def select_l2_by_cv(head: nnx.Module, fc_nf, fr_nf, l2_grid, folds: int = 5, **fit_kw) -> tuple[float, dict]:
     """Picks the L2 strength with the lowest held-out BT loss in ``folds``-fold cross-validation on the
     TRAIN features (the eval split is never looked at). Returns ``(best_l2, {l2: mean held-out loss})``."""
+    from infalign_jax.cli import UsageError
+
     n = len(fc_nf)
+    folds = min(folds, n)  # never an empty held-out fold (its loss would be NaN)
+    if folds < 2:
+        raise UsageError(
+            f"choosing the L2 strength by cross-validation needs >= 2 training pairs, got {n}; "
+            "give a single L2 value instead"
+        )
     perm = np.random.default_rng(fit_kw["seed"]).permutation(n)
     parts = np.array_split(perm, folds)
     graphdef = nnx.graphdef(head)
@@ -188,5 +196,7 @@ def select_l2_by_cv(head: nnx.Module, fc_nf, fr_nf, l2_grid, folds: int = 5, **f
             trained = nnx.merge(graphdef, params, nnx.state(head, nnx.Not(nnx.Param)))
             losses.append(float(bt_loss(trained(jnp.asarray(fc_nf[te])), trained(jnp.asarray(fr_nf[te])))))
         scores[float(l2)] = float(np.mean(losses))
+    if bad := [l2 for l2, s in scores.items() if not np.isfinite(s)]:
+        raise UsageError(f"held-out Bradley-Terry loss is not finite for L2 {bad}: lower the learning rate")
     best = min(scores, key=scores.get)
     return best, scores
