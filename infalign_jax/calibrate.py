@@ -33,6 +33,7 @@ from infalign_jax.ctrl.hh import (
     table_meta,
 )
 from infalign_jax.ctrl.table import CalibrationTableWriter
+from infalign_jax.io_utils import check_directory_path
 from infalign_jax.seeds import seed_key
 
 
@@ -47,6 +48,7 @@ def build_table(
     if chunk < 1:
         raise UsageError(f"hh.calibration_batch_prompts must be >= 1, got {chunk}")
     key = jax.random.key_data(seed_key(config.seed))  # checks the seed before anything is written
+    check_directory_path(table_dir, "calibration table path")  # before the slow model loading
     require_artifacts(config)
     # Loading validates the config (split, lengths vs the policy's positions, ...) BEFORE the table's
     # meta.json records it: a failed first run must not leave a table that refuses the corrected rerun.

@@ -47,6 +47,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def check_directory_path(path: str | os.PathLike, what: str = "directory") -> Path:
+    """``path`` if it is a directory or could be created as one (nothing but directories at it and above it);
+    otherwise one :class:`~infalign_jax.cli.UsageError` naming ``what`` and the blocking file. Creates
+    nothing: for checks before slow work whose outputs come later."""
+    from infalign_jax.cli import UsageError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.is_dir():
+            break
+        if p.exists() or p.is_symlink():
+            blocker = "it exists" if p == path else f"{p} exists"
+            raise UsageError(f"{what} {path} cannot be a directory: {blocker} and is not a directory")
+    return path
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Creates directory ``path`` (and its parents) if needed and checks that entries can be created in it.
 

@@ -96,6 +96,9 @@ def _claim_workdir(workdir: Path, settings: dict) -> None:
 
 def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict:
     """Runs the three stages; returns the summary written to ``workdir/summary.json``."""
+    # Absolute: the optimal run's transform names workdir/phi_star.npz and its resume check compares that
+    # path, so `--workdir r2` and `--workdir $PWD/r2` must give the same one.
+    workdir = Path(workdir).resolve()
     spec = as_procedure(procedure).spec
     eval_name = _eval_name(spec)
     if not 0.0 < kl <= 2.0:

@@ -41,14 +41,19 @@ from flax import nnx
 
 from infalign_jax import run_settings
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
-from infalign_jax.io_utils import atomic_write_json
+from infalign_jax.io_utils import atomic_write_json, check_directory_path
 from infalign_jax.seeds import check_seed
 
 EXPORT, CHECKPOINTS, TOKENIZER, RUN_CONFIG = "export", "checkpoints", "tokenizer", "run_config.json"
 # Everything a run writes into its workdir (what --overwrite removes).
 RUN_OUTPUTS = (EXPORT, CHECKPOINTS, TOKENIZER, RUN_CONFIG, "eval.json", "metrics.jsonl", "tb")
 # Config keys (besides the ``model`` block) a resumed run must keep: they fix the parameters or the tokenizer.
-RUN_IDENTITY_KEYS = ("max_len", "tokenizer_path", "vocab_size")
+# Settings a resumed run may change (run length, logging, samples, where things are); every other setting
+# (seed, optimizer, batch, lengths, tokenizer, model) must match the run's run_config.json: resuming with
+# another one would give numbers that neither setting gives from scratch.
+RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+RESUMABLE_KEYS += ("num_samples", "sample_max_new_tokens", "sample_temperature", "sample_top_p")
+RESUMABLE_KEYS += ("workdir", "data_dir", "manual_dir")
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -192,17 +197,6 @@ def _check_config(config) -> None:
         SamplingConfig(temperature=config.sample_temperature, top_p=config.sample_top_p)
 
 
-def _check_directory_path(path: Path, what: str) -> None:
-    """Raises :class:`UsageError` unless ``path`` is a directory or could be created as one (no file at it or
-    above it). Creates nothing."""
-    for p in (path, *path.parents):
-        if p.is_dir():
-            return
-        if p.exists() or p.is_symlink():
-            blocker = "it exists" if p == path else f"{p} exists"
-            raise UsageError(f"{what} {path} cannot be a directory: {blocker} and is not a directory")
-
-
 def _key_name(key) -> str:
     """The name of one step of a pytree key path (dict key, attribute or index)."""
     return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
@@ -215,11 +209,11 @@ def _named_leaves(tree) -> dict:
 
 
 def _run_identity(config_dict: dict) -> dict:
-    """The flattened settings a resumed run must keep (the ``model`` block and :data:`RUN_IDENTITY_KEYS`;
-    ``vocab_size`` only when the tokenizer is trained by the run)."""
+    """The flattened settings a resumed run must keep: all but :data:`RESUMABLE_KEYS` (and ``vocab_size``
+    unless the run trains its tokenizer)."""
     flat = run_settings.flatten(json.loads(json.dumps(config_dict)))
-    keep = set(RUN_IDENTITY_KEYS) - ({"vocab_size"} if flat.get("tokenizer_path") else set())
-    return {k: v for k, v in flat.items() if k.startswith("model.") or k in keep}
+    skip = set(RESUMABLE_KEYS) | ({"vocab_size"} if flat.get("tokenizer_path") else set())
+    return {k: v for k, v in flat.items() if k not in skip}
 
 
 def _param_shape_diffs(mngr, step: int, state) -> list[str]:
@@ -250,7 +244,7 @@ def _check_resumable(workdir: Path, config, tok_dir: Path) -> None:
         mngr.close()
     if diffs:
         raise UsageError(
-            f"{workdir} holds a run started with other model or tokenizer settings "
+            f"{workdir} holds a run started with other settings "
             f"({what}{run_settings.summary(diffs, 3)}); pass --overwrite to start over or use a new --workdir"
         )
 
@@ -404,8 +398,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
     t0 = time.time()
     _check_config(config)
     workdir = Path(workdir or config.workdir)
-    _check_directory_path(workdir, "workdir")
-    _check_directory_path(Path(config.data_dir), "data_dir")
+    check_directory_path(workdir, "workdir")
+    check_directory_path(config.data_dir, "data_dir")
     export_dir = workdir / EXPORT
     if export_dir.exists() and not overwrite:
         raise UsageError(

@@ -33,7 +33,7 @@ from infalign_jax.ctrl.checkpoint import RunCheckpointer
 from infalign_jax.ctrl.objective import LossConfig
 from infalign_jax.ctrl.train_step import CtrlProblem, CtrlTrainer, StepConfig, make_optimizer
 from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedure, parse_transform
-from infalign_jax.io_utils import atomic_write_json
+from infalign_jax.io_utils import atomic_write_json, check_directory_path, ensure_writable_dir
 from infalign_jax.mesh import DATA, make_mesh
 from infalign_jax.metrics_log import MetricsWriter
 from infalign_jax.seeds import seed_key
@@ -176,13 +176,19 @@ def optimizer(config: ml_collections.ConfigDict, cfg: StepConfig):
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
     """Runs (or resumes) a CTRL run in ``workdir``; returns the final evaluation (or None)."""
     cfg = step_config(config)
-    workdir = Path(workdir)
+    workdir = check_directory_path(workdir, "workdir")  # a file in the way: one error, not an Orbax traceback
     problem = PROBLEMS[config.problem](config, cfg)
     trainer = CtrlTrainer(problem.policy, problem.scorer, cfg, optimizer(config, cfg), _mesh(config))
     state = trainer.init_state(problem.params, problem.ref_params, problem.env, config.seed)
+    ensure_writable_dir(workdir)  # all inputs checked: the first write
     ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
     if ckpt.latest_step() is not None:
         check_resumable(ckpt.meta().get("config"), config, workdir)
+        if ckpt.latest_step() > config.num_steps:  # resuming would report the longer run as this one
+            raise UsageError(
+                f"{workdir} holds a run trained for {ckpt.latest_step()} steps, more than num_steps "
+                f"{config.num_steps}; use another workdir (or num_steps >= {ckpt.latest_step()})"
+            )
         state = ckpt.restore(state)
     start = int(state.step)
     main_proc = jax.process_index() == 0

@@ -31,7 +31,12 @@ import optax
 from flax import nnx
 
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
-from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json, ensure_writable_dir
+from infalign_jax.io_utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_directory_path,
+    ensure_writable_dir,
+)
 from infalign_jax.metrics_log import MetricsWriter
 from infalign_jax.reward.bradley_terry import (
     epoch_batches,
@@ -243,9 +248,7 @@ def check_workdir(workdir: Path) -> None:
     """UsageError (nothing created or touched) unless ``workdir`` can be this run's: a directory, or creatable
     as one, holding nothing but earlier train_rm outputs (a rerun replaces them and reuses the feature
     cache). Another command's workdir is refused."""
-    workdir = Path(workdir)
-    if blocker := next((p for p in (workdir, *workdir.parents) if p.exists() and not p.is_dir()), None):
-        raise UsageError(f"cannot write to directory {workdir}: {blocker} is not a directory")
+    workdir = check_directory_path(workdir, "workdir")
     entries = sorted(p.name for p in workdir.iterdir()) if workdir.is_dir() else []
     if foreign := [name for name in entries if name not in RUN_OUTPUTS]:
         raise UsageError(

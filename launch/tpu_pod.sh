@@ -14,16 +14,17 @@
 # one checkpoint per step collectively, and reruns with the same workdir resume. SIGTERM on preemption
 # saves a checkpoint before exit. Models and data must already be on that path (nothing is downloaded).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 TPU= ZONE= PROJECT= CONFIG= WORKDIR= EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --tpu) TPU=$2; shift 2 ;;
-    --zone) ZONE=$2; shift 2 ;;
-    --project) PROJECT=$2; shift 2 ;;
-    --config) CONFIG=$2; shift 2 ;;
-    --workdir) WORKDIR=$2; shift 2 ;;
+    --tpu|--zone|--project|--config|--workdir)
+      [ $# -ge 2 ] || { echo "error: $1 needs a value (see the header of $0)" >&2; exit 2; }
+      case "$1" in
+        --tpu) TPU=$2 ;; --zone) ZONE=$2 ;; --project) PROJECT=$2 ;; --config) CONFIG=$2 ;; --workdir) WORKDIR=$2 ;;
+      esac
+      shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "error: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -32,6 +33,16 @@ for v in TPU ZONE CONFIG WORKDIR; do
   [ -n "${!v}" ] || { echo "error: --$(echo "$v" | tr 'A-Z' 'a-z') is required" >&2; exit 2; }
 done
 [ -f "$CONFIG" ] || { echo "error: config file $CONFIG does not exist" >&2; exit 2; }
+# The workers get the checkout unpacked in ~/infalign_jax and run from there: the config is passed as its
+# path inside the checkout (given relative to the current directory, or absolute).
+CONFIG_ABS=$(cd "$(dirname "$CONFIG")" && pwd -P)/$(basename "$CONFIG")
+ROOT_REAL=$(cd "$ROOT" && pwd -P)
+case "$CONFIG_ABS" in
+  "$ROOT_REAL"/*) CONFIG=${CONFIG_ABS#"$ROOT_REAL"/} ;;
+  *) echo "error: config file $CONFIG is outside this checkout ($ROOT), so the workers would not get it" >&2
+     exit 2 ;;
+esac
+cd "$ROOT"
 # Only git-tracked files are shipped to the workers (git ls-files below): the config must be one of them.
 git ls-files --error-unmatch -- "$CONFIG" >/dev/null 2>&1 || {
   echo "error: config file $CONFIG is not tracked by git, so the workers would not get it (git add it)" >&2

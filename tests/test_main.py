@@ -51,6 +51,19 @@ def test_bad_seed_is_refused_before_the_workdir_is_claimed(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_workdir_spelled_relative_resumes_and_a_damaged_record_is_one_error(tmp_path, monkeypatch):
+    """The optimal run's transform names workdir/phi_star.npz: with the workdir kept as typed, `--workdir r`
+    after `--workdir /abs/r` was refused as a run with other settings (a 'table:' path)."""
+    first = run("bon:4", 0.3, tmp_path / "r", seed=0, steps=2)
+    monkeypatch.chdir(tmp_path)
+    again = run("bon:4", 0.3, "r", seed=0, steps=2)
+    assert again["ctrl"] == first["ctrl"]
+    for damaged in ("{not json", "[1, 2]"):
+        (tmp_path / "r" / "settings.json").write_text(damaged)
+        with pytest.raises(UsageError, match="cannot read .*settings.json"):
+            run("bon:4", 0.3, "r", seed=0, steps=2)
+
+
 def test_identity_procedure_uses_the_identity_transform(tmp_path):
     """For T = identity the best exponential has t ≈ 0: the exponential method trains Φ(u) = u (exp:0 is not
     a valid transform)."""

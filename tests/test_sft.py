@@ -190,6 +190,15 @@ def test_resume_with_other_model_or_vocab_is_refused_and_touches_nothing(prepare
     # The run's own config still resumes it (and records run_config.json again).
     assert train(tiny(prepared, num_steps=3, checkpoint_every=1), str(wd))["steps"] == 3
     assert json.loads((wd / "run_config.json").read_text())["num_steps"] == 3
+    # Any other setting but run length / logging / samples / paths is refused too: a resume with another seed
+    # (or learning rate, batch size, ...) used to continue silently, giving numbers no fresh run gives.
+    shutil.rmtree(wd / "export")
+    before = snapshot(wd)
+    changes = (({"seed": 4}, "seed: 3 -> 4"), ({"learning_rate": 0.5}, "learning_rate: 0.01 -> 0.5"))
+    for change, shown in changes:
+        with pytest.raises(UsageError, match=rf"run_config.json: {shown}\); pass --overwrite"):
+            train(tiny(prepared, num_steps=4, checkpoint_every=1, **change), str(wd))
+    assert snapshot(wd) == before
 
 
 def _wider(prepared, **kw):

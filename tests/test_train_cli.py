@@ -98,6 +98,29 @@ def test_resume_refuses_other_settings(repo_root, tmp_path):
     assert (work / "metrics.jsonl").read_text() == metrics and max(_ckpt_steps(work)) == 2
     train(tiny_config(repo_root, num_steps=4), work)
     assert max(_ckpt_steps(work)) == 4
+    # A SHORTER run on it used to report the 4-step policy as a 2-step one (final_eval.json "steps": 4).
+    metrics = (work / "metrics.jsonl").read_text()
+    with pytest.raises(UsageError, match="trained for 4 steps, more than num_steps 2"):
+        train(tiny_config(repo_root, num_steps=2), work)
+    assert (work / "metrics.jsonl").read_text() == metrics
+
+
+def test_workdir_under_a_file_and_bad_bandit_sizes_are_usage_errors(repo_root, tmp_path):
+    """Were an Orbax NotADirectoryError and a JAX slice TypeError (after checkpoints/, tb/ were written)."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for workdir in (afile, afile / "sub"):
+        with pytest.raises(UsageError, match="not a directory"):
+            train(tiny_config(repo_root, num_steps=1), workdir)
+    assert afile.read_text() == "keep"
+    for key, value, message in (
+        ("bandit.num_contexts", 0, "bandit.num_contexts must be an integer >= 1, got 0"),
+        ("bandit.num_responses", 1, "bandit.num_responses must be an integer >= 2, got 1"),
+        ("bandit.nan_response", 5000, "bandit.nan_response must be -1"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            train(tiny_config(repo_root, num_steps=1, **{key: value}), tmp_path / "w")
+        assert not (tmp_path / "w").exists()
 
 
 def test_offline_reference_is_rejected_for_the_bandit(repo_root, tmp_path):

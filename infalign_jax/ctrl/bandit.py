@@ -198,6 +198,11 @@ def build_problem(config, step_cfg) -> CtrlProblem:
             "(offline calibration tables exist for problem 'hh' only)"
         )
     bc = config.bandit
+    for name, least in (("num_contexts", 1), ("num_responses", 2)):
+        if isinstance(bc[name], bool) or not isinstance(bc[name], int) or bc[name] < least:
+            raise UsageError(f"bandit.{name} must be an integer >= {least}, got {bc[name]!r}")
+    if not -1 <= bc.nan_response < bc.num_responses:
+        raise UsageError(f"bandit.nan_response must be -1 (off) or a response index, got {bc.nan_response}")
     problem = make_bandit(bc.num_contexts, bc.num_responses, bc.ref_scale, bc.seed)
     rewards = problem.rewards.copy()
     if bc.nan_response >= 0:

@@ -29,7 +29,12 @@ from typing import Any
 import numpy as np
 
 from infalign_jax.cli import UsageError
-from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
+from infalign_jax.io_utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_directory_path,
+    ensure_writable_dir,
+)
 
 FORMAT = "infalign_jax.calibration_table"
 VERSION = 1
@@ -79,9 +84,8 @@ class CalibrationTableWriter:
                 except (OSError, KeyError, ValueError) as e:
                     raise UsageError(f"{self.path}: shard {shard} is missing or damaged ({e})") from None
         else:
-            if self.path.exists() and not self.path.is_dir():
-                raise UsageError(f"calibration table path {self.path} exists and is not a directory")
-            self.path.mkdir(parents=True, exist_ok=True)
+            check_directory_path(self.path, "calibration table path")
+            ensure_writable_dir(self.path)
             self.meta = {
                 "format": FORMAT,
                 "version": VERSION,
