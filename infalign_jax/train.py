@@ -104,6 +104,11 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
         raise UsageError(f"unknown problem {config.problem!r}; expected one of {sorted(PROBLEMS)}")
     if config.num_steps < 1 or config.prompts_per_step < 1:
         raise UsageError("num_steps and prompts_per_step must be >= 1")
+    for name, least in (("checkpoint_every", 0), ("max_to_keep", 1), ("optim.warmup_steps", 0)):
+        value = config[name] if "." not in name else config.optim[name.split(".")[1]]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            # max_to_keep 0 kept no checkpoint (nothing to resume); a negative warmup stretched the decay
+            raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
     if config.step_mode not in ("phased", "fused"):
         raise UsageError(f"step_mode must be 'phased' or 'fused', got {config.step_mode!r}")
     return cfg

@@ -107,8 +107,8 @@ def validate(config) -> None:
     if int(t.finetune_steps) < 0:
         raise UsageError(f"train.finetune_steps must be >= 0, got {t.finetune_steps}")
     for name in ("head_learning_rate", "finetune_learning_rate"):
-        if not float(t[name]) > 0:
-            raise UsageError(f"train.{name} must be > 0, got {t[name]}")
+        if not 0 < float(t[name]) < float("inf"):
+            raise UsageError(f"train.{name} must be a finite number > 0, got {t[name]}")
     grid = t.head_l2 if isinstance(t.head_l2, tuple | list) else (t.head_l2,)
     if not grid or not all(isinstance(v, int | float) and v >= 0 for v in grid):
         raise UsageError(

@@ -72,6 +72,9 @@ def final_logits(workdir, step):
         ({"transform": "exp:-3", "procedure": " BoN:4"}, "best-of-N"),  # spec normalized like the solver's
         ({"calibration_method": "bogus"}, "calibration_method"),
         ({"seed": 2**32}, "seed must be an integer in"),
+        ({"max_to_keep": 0}, "max_to_keep must be an integer >= 1, got 0"),  # kept no checkpoint
+        ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0"),  # 0: the final step only
+        ({"optim.warmup_steps": -5}, "optim.warmup_steps must be an integer >= 0, got -5"),
     ],
 )
 def test_invalid_configs_fail_at_start(repo_root, override, message):

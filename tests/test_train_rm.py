@@ -90,6 +90,7 @@ def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path):
         ([f"--config={CONFIG}", "--config.model.backbone=bert"], "backbone"),
         ([f"--config={CONFIG}", "--config.train.head_steps=-1"], "head_steps"),
         ([f"--config={CONFIG}", "--config.train.head_steps=0"], "head_steps must be >= 1"),  # was: np.stack
+        ([f"--config={CONFIG}", "--config.train.head_learning_rate=inf"], "head_learning_rate must be"),
         # a bad seed used to fail only after the whole data set was encoded
         ([f"--config={CONFIG}", "--config.seed=-1"], "seed must be an integer in"),
         ([f"--config={CONFIG}", "--config.model.no_such_key=1"], "no_such_key"),
