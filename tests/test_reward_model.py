@@ -159,6 +159,10 @@ def test_decoder_backbone_tiny_random(tmp_path):
     rm.set_net(net)
     r = rm.score_texts(PROMPTS, RESPONSES)
     assert r.shape == (3,) and np.all(np.isfinite(r)) and np.ptp(r) > 0
+    # Decoded policy replies carry a leading space; the RM is trained on stripped replies and scores them so
+    # (make_reward_fn / text_reward_fn used to pass the space through: other byte-level tokens).
+    assert " " + RESPONSES[0] != RESPONSES[0] and tok.encode(" " + RESPONSES[0]) != tok.encode(RESPONSES[0])
+    np.testing.assert_array_equal(rm.score_texts(PROMPTS, [f" {y}\n" for y in RESPONSES]), r)
     # Feature = final-normed hidden state of the last real token of BOS + prompt + response, unpadded.
     ids = [tok.bos_token_id, *tok.encode(PROMPTS[0] + RESPONSES[0], add_special_tokens=False)]
     params = net.decoder.params()

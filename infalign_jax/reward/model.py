@@ -313,14 +313,18 @@ class RewardModel:
     ) -> EncodedPairs:
         """Tokenizes and pads to buckets: prompts keep their LAST ``max_prompt_tokens`` tokens (counting the
         backbone's prompt prefix, e.g. BOS, which always stays first), responses their FIRST
-        ``max_response_tokens``. Rows are padded to ``batch`` (default: the batch bucket)."""
+        ``max_response_tokens``. Rows are padded to ``batch`` (default: the batch bucket).
+
+        Responses are stripped of surrounding whitespace, like the training replies (``data.hh.split_pair``):
+        decoded policy samples usually start with a space, which a byte-level (decoder) backbone would see
+        as other tokens than it was trained on (one reply scored −5.38 stripped vs −6.66 unstripped)."""
         if len(prompts) != len(responses):
             raise UsageError(f"{len(prompts)} prompts but {len(responses)} responses")
         s = self.spec
         prefix = self._tokenize.prompt_prefix  # e.g. BOS: kept in front of a truncated prompt
         keep = max(s.max_prompt_tokens - len(prefix), 0)
         p_ids = [prefix + (x[len(x) - keep :] if len(x) > keep else x) for x in self._tokenize(prompts)]
-        r_ids = [x[: s.max_response_tokens] for x in self._tokenize(responses)]
+        r_ids = [x[: s.max_response_tokens] for x in self._tokenize([r.strip() for r in responses])]
         n = len(p_ids)
         b = batch if batch is not None else bucket_size(max(n, 1), s.batch_buckets)
         if b < n:
