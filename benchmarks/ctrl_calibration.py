@@ -5,9 +5,7 @@ step.
 
 Prints ms per call of u = calibrate(rewards [P, S], sorted ref [P, K]) for each kernel; the baseline for the
 ratios is the broadcast kernel measured in the same run. infalign_jax.ctrl.calibration.BROADCAST_MAX_K is set
-from
-this table. The second table measures the calibration phase against the whole bandit train step (fused) at K
-= 64.
+from this table. Calibration's share of a whole train step is measured by benchmarks/ctrl_step.py.
 """
 
 from __future__ import annotations
