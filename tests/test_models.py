@@ -340,3 +340,20 @@ def test_token_logprobs_equals_log_softmax_of_forward():
     np.testing.assert_allclose(np.asarray(v_ours), np.asarray(v_ref), atol=1e-5, rtol=0)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
+
+
+def test_top_level_rope_theta_fills_rope_parameters_without_one():
+    """transformers copies the top-level rope_theta (Gemma 3: also rope_local_base_freq) into rope
+    parameters that lack one; we used the built-in defaults instead (Llama 1e4 instead of 5e5)."""
+    hf = load("llama")[0].config.to_hf_config()
+    hf.update(rope_theta=500000.0, rope_parameters={"rope_type": "default"})
+    cfg = ModelConfig.from_hf_config(hf)
+    assert (cfg.rope.theta, cfg.rope.rope_type) == (500000.0, "default")
+    g = load("gemma3")[0].config.to_hf_config()
+    g = {**g, "rope_theta": 5e5, "rope_local_base_freq": 2e4}
+    g["rope_parameters"] = {
+        "full_attention": {"rope_type": "linear", "factor": 8.0},
+        "sliding_attention": {"rope_type": "default"},
+    }
+    cfg = ModelConfig.from_hf_config(g)
+    assert (cfg.rope.theta, cfg.rope.factor, cfg.rope_local.theta) == (5e5, 8.0, 2e4)

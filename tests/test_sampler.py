@@ -181,6 +181,10 @@ def test_bad_arguments(llama):
         Sampler(llama, length_buckets=(8,)).sample([[1] * 9], n=2, max_new_tokens=4, seed=0)
     with pytest.raises(UsageError, match="eos_ids"):
         Sampler(llama, eos_ids=range(9))
+    # Ids outside the vocabulary: jnp.take clamped 600 (NaN log-probs, tokens 0) and wrapped -3 to 509.
+    for bad in (600, 512, -3):
+        with pytest.raises(UsageError, match=rf"id\(s\) \[{bad}\] outside the model's vocabulary \[0, 512\)"):
+            sampler.sample([[1, 2], [bad]], n=2, max_new_tokens=4, seed=0)
     for seed in (-1, 2**32, 2**64, 1.5, True):  # JAX keeps a seed's low 32 bits: 2**32 would equal seed 0
         with pytest.raises(UsageError, match="seed must be an integer"):
             sampler.sample([[1]], n=2, max_new_tokens=4, seed=seed)

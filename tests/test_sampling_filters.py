@@ -96,6 +96,7 @@ def test_config_validation():
         dict(top_p=0.0),
         dict(top_p=1.5),
         dict(min_new_tokens=-1),
+        dict(top_k=5.0),  # passed, then failed inside jit with a TypeError
     ]:
         with pytest.raises(UsageError):
             SamplingConfig(**bad)
@@ -186,3 +187,29 @@ def test_tiny_temperature_is_greedy_with_finite_logprobs(logits):
         tok, lp = sample_token(keys, jnp.asarray(big), config)
         np.testing.assert_array_equal(np.asarray(tok), logits.argmax(-1))
         np.testing.assert_array_equal(np.asarray(lp), 0.0)
+
+
+def test_a_rows_token_does_not_depend_on_the_other_rows():
+    """Row B has a token outside its top k tied with the k-th value (so it needs the full-vocabulary path).
+    That used to switch EVERY row of the call to that path, which maps the same uniform to another token: a
+    prompt's samples changed with its batch neighbours (93% of keys here). Each row now keeps its own path."""
+    V, k = 64, 5
+    config = SamplingConfig(top_k=k)
+    rng = np.random.default_rng(0)
+    row_a, row_b = (
+        (2 * rng.standard_normal(V)).astype(np.float32),
+        (2 * rng.standard_normal(V)).astype(np.float32),
+    )
+    top = np.sort(row_b)[::-1]
+    row_b[row_b == top[k]] = top[k - 1]
+    keys = jax.random.split(jax.random.key(0), 300)
+    pair = jax.jit(
+        jax.vmap(lambda key, other: sample_token(jnp.stack([key, key]), jnp.stack([row_a, other]), config))
+    )
+    alone = pair(keys, jnp.broadcast_to(row_a, (300, V)))
+    mixed = pair(keys, jnp.broadcast_to(row_b, (300, V)))
+    np.testing.assert_array_equal(np.asarray(mixed[0][:, 0]), np.asarray(alone[0][:, 0]))
+    np.testing.assert_array_equal(np.asarray(mixed[1][:, 0]), np.asarray(alone[1][:, 0]))
+    # ... and row B itself draws only tokens that filter_logits keeps (its top k plus the tied one)
+    kept = set(np.flatnonzero(np.asarray(filter_logits(jnp.asarray(row_b), config)) > -np.inf))
+    assert len(kept) == k + 1 and set(np.unique(np.asarray(mixed[0][:, 1]))) <= kept

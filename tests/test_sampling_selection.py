@@ -12,6 +12,7 @@ from infalign_jax.models import from_pretrained
 from infalign_jax.sampling import (
     Sampler,
     SamplingConfig,
+    argmin_rule,
     best_of_n,
     kth_rule,
     select,
@@ -67,12 +68,15 @@ def test_host_callable_text_reward_and_kth_rule(setup):
         return [float(len(r)) for r in responses]
 
     sel = select_of_n(sampler, prompts, 4, text_reward_fn(score_texts, tokenizer), kth_rule(2), **KW)
-    assert seen["prompts"][0] == tokenizer.decode(prompts[0]) and len(seen["responses"]) == 8
+    # Special tokens (the policy's BOS) are not prompt text; they used to reach score_texts ('<bos>Human:').
+    assert seen["prompts"][0] == tokenizer.decode(prompts[0], skip_special_tokens=True)
+    assert len(seen["responses"]) == 8
     cand = sel.candidates
     text = lambda b, i: tokenizer.decode(cand.tokens[b, i], skip_special_tokens=True)
     want = np.array([[len(text(b, i)) for i in range(4)] for b in range(2)])
     np.testing.assert_array_equal(sel.rewards, want)
-    np.testing.assert_array_equal(sel.index, np.argsort(-want, axis=-1, kind="stable")[:, 1])
+    second = -np.sort(-want, axis=-1)[:, 1:2]  # the 2nd largest value; ties: its lowest index
+    np.testing.assert_array_equal(sel.index, np.argmax(want == second, axis=-1))
 
 
 def test_select_ties_and_bad_rewards(setup):
@@ -80,7 +84,12 @@ def test_select_ties_and_bad_rewards(setup):
     cand = sampler.sample(prompts, n=4, **KW)
     tied = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
     np.testing.assert_array_equal(select(cand, tied).index, [1, 0])
-    np.testing.assert_array_equal(select(cand, tied, kth_rule(4)).index, [3, 3])
+    # kth_rule(N) is argmin_rule, ties included (a stable argsort gave the highest tied index: [3, 3])
+    np.testing.assert_array_equal(select(cand, tied, kth_rule(4)).index, [3, 0])
+    np.testing.assert_array_equal(
+        select(cand, tied, kth_rule(4)).index, select(cand, tied, argmin_rule).index
+    )
+    np.testing.assert_array_equal(select(cand, tied, kth_rule(3)).index, [0, 0])  # row 0's 3rd largest: 1.0
     with pytest.raises(UsageError, match="shape"):
         select(cand, np.zeros((2, 3)))
     with pytest.raises(UsageError, match="non-finite"):
@@ -94,3 +103,23 @@ def test_select_ties_and_bad_rewards(setup):
     np.testing.assert_array_equal(select(cand, unsigned, kth_rule(1)).reward, [2.0, 3.0])
     passed = np.array([[False, True, False, True], [False, False, False, False]])
     np.testing.assert_array_equal(select(cand, passed, kth_rule(1)).index, [1, 0])
+
+
+def test_text_reward_fn_passes_prompt_text_without_special_tokens(setup):
+    """A BOS-prefixed prompt reached score_texts as '<bos>...' (decoded without skip_special_tokens)."""
+    _, tokenizer, _ = setup
+    bos = tokenizer.bos_token_id
+    assert bos is not None
+    body = tokenizer.encode("Human: hi", add_special_tokens=False)
+    prompt_bt = np.array([[bos, *body]], np.int32)
+    seen = {}
+
+    def score_texts(prompts, responses):
+        seen["prompts"] = prompts
+        return [0.0] * len(responses)
+
+    tokens_bnl = np.array([[body]], np.int32)
+    text_reward_fn(score_texts, tokenizer)(
+        prompt_bt, np.ones_like(prompt_bt), tokens_bnl, np.ones_like(tokens_bnl)
+    )
+    assert seen["prompts"] == [tokenizer.decode(body)] and tokenizer.bos_token not in seen["prompts"][0]

@@ -231,6 +231,7 @@ class ModelConfig:
             )
             full = per_type.get("full_attention") or {**legacy_rope, "rope_theta": cfg.get("rope_theta", 1e6)}
             local = per_type.get("sliding_attention") or {"rope_theta": cfg.get("rope_local_base_freq", 1e4)}
+            # A per-type dict without a theta takes the top-level one, as transformers does.
             types = _hf_layer_types(cfg, n_layers, default_pattern=int(cfg.get("sliding_window_pattern", 6)))
             if cfg.get("use_bidirectional_attention"):
                 raise UsageError(
@@ -249,8 +250,8 @@ class ModelConfig:
                 query_scale=float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5,
                 layer_types=types,
                 sliding_window=cfg.get("sliding_window") if SLIDING in types else None,
-                rope=RopeConfig.from_hf(full, 1e6),
-                rope_local=RopeConfig.from_hf(local, 1e4),
+                rope=RopeConfig.from_hf(full, float(cfg.get("rope_theta", 1e6))),
+                rope_local=RopeConfig.from_hf(local, float(cfg.get("rope_local_base_freq", 1e4))),
                 # attn_logit_softcapping is NOT read: transformers' Gemma3Attention ignores it (a Gemma 2
                 # leftover), so honouring a non-null value would break parity with it.
                 final_logit_softcap=cfg.get("final_logit_softcapping"),
@@ -258,7 +259,9 @@ class ModelConfig:
         rope_dict = (
             rope_params if isinstance(rope_params, dict) and "full_attention" not in rope_params else None
         )
-        rope = RopeConfig.from_hf(rope_dict or {**legacy_rope, "rope_theta": cfg.get("rope_theta", 1e4)}, 1e4)
+        # rope_parameters without a rope_theta take the top-level one, as transformers does (was: 1e4)
+        theta = float(cfg.get("rope_theta", 1e4))
+        rope = RopeConfig.from_hf(rope_dict or {**legacy_rope, "rope_theta": theta}, theta)
         if arch == "qwen2":
             use_sw = bool(cfg.get("use_sliding_window", False))
             if cfg.get("layer_types"):

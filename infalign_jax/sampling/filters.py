@@ -53,7 +53,7 @@ class SamplingConfig:
                 f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE:.3g} (float32's smallest normal "
                 f"number), got {self.temperature}"
             )
-        if int(self.top_k) != self.top_k or self.top_k < 0:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise UsageError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
             raise UsageError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
@@ -203,11 +203,13 @@ def sample_token(keys: jax.Array, logits_v: jax.Array, config: SamplingConfig) -
     applied; 0 for greedy). keys: one typed key per row (``logits.shape[:-1]``). With top-k only the k
     candidates from ``lax.top_k`` are normalized and sampled (top-p then acts on the k sorted values, keeping
     values tied with the last one kept), never the full vocabulary — unless a row has tokens outside the k
-    candidates tied with the k-th value (:func:`filter_logits` keeps all of them): then, for that call only,
-    the whole batch takes the full-vocabulary path. The candidates are the top k + 1, so a tie beyond the k
-    shows as the two smallest being equal; they are read by reductions and masks only: an extra slice of
-    ``lax.top_k``'s outputs makes XLA:CPU replace its fast TopK kernel by a full sort (measured 2 → 9 ms per
-    call for 64 × 8192, k = 50).
+    candidates tied with the k-th value (:func:`filter_logits` keeps all of them): such rows take the
+    full-vocabulary path (computed for the whole batch, but only in calls that have such a row) and every
+    other row keeps its candidate draw, so a row's token never depends on the other rows of the batch (until
+    2026-11-27 one tied row switched the whole batch, so a prompt's samples changed with its neighbours). The
+    candidates are the top k + 1, so a tie beyond the k shows as the two smallest being equal; they are read
+    by reductions and masks only: an extra slice of ``lax.top_k``'s outputs makes XLA:CPU replace its fast
+    TopK kernel by a full sort (measured 2 → 9 ms per call for 64 × 8192, k = 50).
     """
     logits_v = logits_v.astype(jnp.float32)
     if config.greedy:
@@ -237,7 +239,12 @@ def sample_token(keys: jax.Array, logits_v: jax.Array, config: SamplingConfig) -
         return tok, _log_softmax_at(vals_k, j)
 
     tied_beyond_k = jnp.sum(vals == jnp.min(vals, -1, keepdims=True), -1) >= 2  # value k+1 == value k
-    return jax.lax.cond(jnp.any(tied_beyond_k), full_vocabulary, candidates, None)
+
+    def per_row(_):  # rows choose their own path: tied ones the full vocabulary, the others their candidates
+        (full_tok, full_lp), (cand_tok, cand_lp) = full_vocabulary(None), candidates(None)
+        return jnp.where(tied_beyond_k, full_tok, cand_tok), jnp.where(tied_beyond_k, full_lp, cand_lp)
+
+    return jax.lax.cond(jnp.any(tied_beyond_k), per_row, candidates, None)
 
 
 def model_logprob(logits_v: jax.Array, tok: jax.Array) -> jax.Array:

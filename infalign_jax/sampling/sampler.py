@@ -292,6 +292,7 @@ class Sampler:
         self.pad_id = int(pad_id)
         self.length_buckets = tuple(sorted(length_buckets))
         self.max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
 
     @property
     def trace_count(self) -> int:
@@ -329,6 +330,11 @@ class Sampler:
             raise UsageError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
         key = seed_key(seed) if key is None else as_typed_key(key)
         tokens, mask = self.pad(prompts)
+        if self.vocab_size is not None:  # jnp.take would clamp / wrap them: NaN log-probs or another token
+            real = tokens[mask.astype(bool)]
+            if (bad := real[(real < 0) | (real >= self.vocab_size)]).size:
+                ids, v = bad[:3].tolist(), self.vocab_size
+                raise UsageError(f"prompt token id(s) {ids} outside the model's vocabulary [0, {v})")
         longest = max(len(p) for p in prompts)
         if self.max_positions is not None and longest + max_new_tokens > self.max_positions:
             raise UsageError(

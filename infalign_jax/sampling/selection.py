@@ -51,7 +51,10 @@ def kth_rule(k: int) -> SelectionRule:
         r = np.asarray(rewards_bn, np.float64)  # -r of unsigned or bool rewards would wrap / fail
         if k > r.shape[-1]:
             raise UsageError(f"kth_rule(k={k}) needs at least k samples, got N={r.shape[-1]}")
-        return np.argsort(-r, axis=-1, kind="stable")[..., k - 1]
+        # the k-th largest VALUE, then the lowest index holding it: kth_rule(1) is argmax_rule and kth_rule(N)
+        # argmin_rule, ties included (a stable argsort of −r gave the HIGHEST index of a tie at the bottom)
+        kth_value = -np.sort(-r, axis=-1)[..., k - 1 : k]
+        return np.argmax(r == kth_value, axis=-1)
 
     return rule
 
@@ -136,13 +139,10 @@ def text_reward_fn(score_texts: Callable[[list[str], list[str]], Sequence[float]
         prompt_bt, prompt_mask_bt = np.asarray(prompt_bt), np.asarray(prompt_mask_bt).astype(bool)
         tokens_bnl, mask_bnl = np.asarray(tokens_bnl), np.asarray(mask_bnl).astype(bool)
         B, N = tokens_bnl.shape[:2]
-        prompts = [tokenizer.decode(prompt_bt[b][prompt_mask_bt[b]].tolist()) for b in range(B)]
+        decode = lambda ids: tokenizer.decode(ids.tolist(), skip_special_tokens=True)  # BOS etc. are not text
+        prompts = [decode(prompt_bt[b][prompt_mask_bt[b]]) for b in range(B)]
         flat_p = [prompts[b] for b in range(B) for _ in range(N)]
-        flat_r = [
-            tokenizer.decode(tokens_bnl[b, i][mask_bnl[b, i]].tolist(), skip_special_tokens=True)
-            for b in range(B)
-            for i in range(N)
-        ]
+        flat_r = [decode(tokens_bnl[b, i][mask_bnl[b, i]]) for b in range(B) for i in range(N)]
         return np.asarray(score_texts(flat_p, flat_r), dtype=np.float64).reshape(B, N)
 
     return reward_fn
