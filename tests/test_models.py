@@ -357,3 +357,32 @@ def test_top_level_rope_theta_fills_rope_parameters_without_one():
     }
     cfg = ModelConfig.from_hf_config(g)
     assert (cfg.rope.theta, cfg.rope.factor, cfg.rope_local.theta) == (5e5, 8.0, 2e4)
+
+
+def test_damaged_weight_files_are_one_usage_error_naming_the_file(tmp_path):
+    """Were tracebacks: an empty or truncated GGUF (mmap / struct errors), a git-lfs pointer saved as
+    model.safetensors, an index naming a tensor its shard lacks (SafetensorError)."""
+    from infalign_jax.models.gguf_io import GGUFFile
+
+    empty, trunc = tmp_path / "empty.gguf", tmp_path / "trunc.gguf"
+    empty.write_bytes(b"")
+    trunc.write_bytes(b"GGUF\x03\x00\x00\x00")  # magic + version, then nothing
+    for path in (empty, trunc):
+        with pytest.raises(UsageError, match=rf"{path.name}: damaged or truncated GGUF file"):
+            GGUFFile(path)
+    with pytest.raises(UsageError, match="not a GGUF file"):  # a plain bad file keeps its own message
+        (tmp_path / "text.gguf").write_bytes(b"hello world, not gguf")
+        GGUFFile(tmp_path / "text.gguf")
+    lfs = _copy_fixture("llama", tmp_path / "lfs")
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n"
+    (lfs / "model.safetensors").write_text(pointer)
+    with pytest.raises(UsageError, match=r"safetensors is not a readable safetensors file \(a git-lfs"):
+        models.from_pretrained(lfs)
+    sharded = _copy_fixture("llama", tmp_path / "sharded")
+    names = list(load_file(str(sharded / "model.safetensors")))
+    assert "model.norm.weight" in names
+    index = {"weight_map": {name: "model.safetensors" for name in names}}  # still lists model.norm.weight
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    _rewrite(sharded, lambda t: t.pop("model.norm.weight"))
+    with pytest.raises(UsageError, match=r"cannot read tensor 'model\.norm\.weight' from .*safetensors"):
+        models.from_pretrained(sharded)

@@ -79,6 +79,16 @@ class GGUFFile:
             self._file = open(self.path, "rb")  # noqa: SIM115 (kept open for the mmap)
         except OSError as e:
             raise UsageError(f"cannot open GGUF file {self.path}: {e.strerror}") from None
+        try:
+            self._read_header()
+        except UsageError:
+            self._file.close()
+            raise
+        except (ValueError, struct.error, UnicodeDecodeError, OverflowError, MemoryError) as e:
+            self._file.close()  # an empty, truncated or damaged file (e.g. an interrupted download)
+            raise UsageError(f"{self.path}: damaged or truncated GGUF file ({e})") from None
+
+    def _read_header(self) -> None:
         self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self._pos = 0
         if self._mm[:4] != b"GGUF":
@@ -140,7 +150,13 @@ class GGUFFile:
         qt = gguf.GGMLQuantizationType(qtype)
         block, type_size = gguf.GGML_QUANT_SIZES[qt]
         n = int(np.prod(shape))
-        raw = np.frombuffer(self._mm, dtype=np.uint8, count=n // block * type_size, offset=offset)
+        nbytes = n // block * type_size
+        if offset + nbytes > len(self._mm):
+            raise UsageError(
+                f"{self.path}: tensor {name!r} ends at byte {offset + nbytes:,} but the file has "
+                f"{len(self._mm):,} (truncated, e.g. an interrupted download)"
+            )
+        raw = np.frombuffer(self._mm, dtype=np.uint8, count=nbytes, offset=offset)
         if qt == gguf.GGMLQuantizationType.F32:
             return raw.view("<f4").reshape(shape).copy()
         if qt == gguf.GGMLQuantizationType.F16:

@@ -103,18 +103,33 @@ def _generation_eos_ids(path: Path) -> tuple[int, ...]:
     return tuple(eos)
 
 
+def _opened(file: Path):
+    """``safe_open(file, "np")``; a file that is not safetensors is one UsageError naming it (a git-lfs
+    pointer — a checkout without `git lfs pull` — gets its own hint)."""
+    try:
+        return safe_open(file, "np")
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError for unreadable files)
+        with open(file, "rb") as f:
+            lfs = f.read(64).startswith(b"version https://git-lfs")
+        hint = " (a git-lfs pointer, not the weights: run `git lfs pull`)" if lfs else ""
+        raise UsageError(f"{file} is not a readable safetensors file{hint}: {e}") from None
+
+
 class _TensorFiles:
     """Lazy name -> numpy reader over one ``model.safetensors`` or a sharded index."""
 
     def __init__(self, path: Path):
         index, single = path / INDEX_NAME, path / WEIGHTS_NAME
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map")
+            try:
+                weight_map = json.loads(index.read_text()).get("weight_map")
+            except (ValueError, AttributeError) as e:
+                raise UsageError(f"{index} is not a valid safetensors index: {e}") from None
             if not isinstance(weight_map, dict):
                 raise UsageError(f"{index} has no 'weight_map'")
             self.where = {name: path / file for name, file in weight_map.items()}
         elif single.is_file():
-            with safe_open(single, "np") as f:
+            with _opened(single) as f:
                 self.where = {name: single for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         else:
             found = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
@@ -135,8 +150,11 @@ class _TensorFiles:
     def get(self, name: str) -> np.ndarray:
         file = self.where[name]
         if file not in self._open:
-            self._open[file] = safe_open(file, "np").__enter__()
-        return self._open[file].get_tensor(name)
+            self._open[file] = _opened(file).__enter__()
+        try:
+            return self._open[file].get_tensor(name)
+        except Exception as e:  # safetensors' SafetensorError: missing tensor, truncated data
+            raise UsageError(f"cannot read tensor {name!r} from {file}: {e}") from None
 
     def close(self) -> None:
         for f in self._open.values():
