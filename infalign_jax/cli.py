@@ -97,20 +97,22 @@ def parse_config_flags(
         # Loaded here first for clear errors: ml_collections lets most config-file exceptions escape raw.
         load_config_file(*config_file.split(":", 1))
     fv = flags.FlagValues()
-    # sys_argv: the --config.x=... overrides are read from these arguments, not from the process's sys.argv.
-    config_flags.DEFINE_config_file(
-        "config", None, "ml_collections config file", flag_values=fv, sys_argv=args
-    )
     if define_flags is not None:
         define_flags(fv)
     try:
+        # sys_argv: the --config.x=... overrides are read from these arguments, not the process's sys.argv.
+        config_flags.DEFINE_config_file(
+            "config", None, "ml_collections config file", flag_values=fv, sys_argv=args
+        )
         rest = fv(args)[1:]
         config = fv.config
         if config is not None:
             config.keys()  # a config file that failed to load only raises when touched
     except (AttributeError, KeyError) as e:  # e.g. --config.unknown_field=...
         raise UsageError(f"bad config override {e} (not a field of the config)") from e
-    except (flags.Error, OSError, TypeError, ValueError) as e:
+    except UsageError:
+        raise
+    except Exception as e:  # absl / ml_collections raise many kinds (flagfiles, an earlier --config, ...)
         raise UsageError("bad arguments or config: " + " ".join(str(e).split())) from e
     if rest:
         raise UsageError(f"unexpected argument(s): {' '.join(rest)}")

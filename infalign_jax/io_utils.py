@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,35 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a temp file in the same directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files: Mapping[str | os.PathLike, bytes]) -> None:
+    """Writes several files all-or-nothing as far as a filesystem allows: every file goes to a temp file
+    beside its target first (fsynced); only when all are written are they renamed into place. A failure while
+    writing (a read-only directory, a full disk) removes the temp files and leaves every target untouched;
+    its OSError names the target (``filename``), not the temp file."""
+    staged: list[tuple[str, Path]] = []
+    path = None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException as e:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and path is not None:
+            e.filename = str(path)
         raise
 
 
@@ -115,7 +131,11 @@ def atomic_directory(
     runs, and again (nothing replaced) if such a ``path`` appeared while it ran. The replaced entry is moved
     aside first and deleted only after the new directory is in place.
     """
-    path = Path(path)
+    from infalign_jax.cli import UsageError
+
+    path = Path(os.path.abspath(path))  # '.' or 'a/..' has no name, and its parent would be itself
+    if path == Path.cwd() or path in Path.cwd().parents:
+        raise UsageError(f"{path} is the current directory (or holds it): give a new or empty subdirectory")
     _check_replaceable(path, replace)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

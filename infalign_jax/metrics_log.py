@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -80,20 +81,31 @@ class MetricsWriter:
         self._bar = None
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         if truncate:
             drop_rows_after(self.workdir / "metrics.jsonl", initial_step)
-        purge_step = initial_step + 1 if truncate else None
-        self._tb = SummaryWriter(str(self.workdir / "tb"), purge_step=purge_step)
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self._open_tb(purge_step=initial_step + 1 if truncate else None)
+        path = self.workdir / "metrics.jsonl"
+        torn = path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
+        self._jsonl = open(path, "a")  # noqa: SIM115 (closed in close())
+        if torn:  # a killed writer's half line: end it, so the next row is a line of its own
+            self._jsonl.write("\n")
         if progress:
             self._bar = tqdm(total=total_steps, initial=initial_step, desc=desc, dynamic_ncols=True)
+
+    def _open_tb(self, purge_step: int | None = None) -> None:
+        from tensorboardX import SummaryWriter
+
+        # A unique suffix: tensorboardX names event files by second and host and opens them with 'wb', so a
+        # second writer started in the same second (a quick resume, a flush) wiped the first one's events.
+        suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self._tb = SummaryWriter(str(self.workdir / "tb"), purge_step=purge_step, filename_suffix=suffix)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        if self._tb is None:  # closed by flush(): continue in a new event file
+            self._open_tb()
         scalars = {k: f for k, v in metrics.items() if (f := _to_float(v)) is not None}
         for k, v in scalars.items():
             if math.isfinite(v):
@@ -105,11 +117,24 @@ class MetricsWriter:
             shown = {k: f"{v:.4g}" for k, v in list(scalars.items())[:4]}
             self._bar.set_postfix(shown, refresh=False)
 
+    def flush(self) -> None:
+        """Puts every row written so far on disk, TensorBoard events included; call it before saving a
+        checkpoint. tensorboardX writes events from a queue in a thread, flushing every 120 s, and its own
+        flush() leaves queued events unwritten, so a run killed after a checkpoint lost those steps' events
+        for good. Closing the SummaryWriter drains the queue; the next write opens a new event file."""
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        self._jsonl.flush()
+        os.fsync(self._jsonl.fileno())
+
     def close(self) -> None:
         if not self.enabled:
             return
-        self._tb.flush()
-        self._tb.close()
+        if self._tb is not None:
+            self._tb.close()
         self._jsonl.close()
         if self._bar is not None:
             self._bar.close()

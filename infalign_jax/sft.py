@@ -407,8 +407,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
             "use a new --workdir or pass --overwrite"
         )
     tok_dir = Path(config.tokenizer_path) if config.tokenizer_path else workdir / TOKENIZER
-    if config.tokenizer_path and not (tok_dir / "tokenizer.json").is_file():
-        raise UsageError(f"no tokenizer.json in tokenizer_path {tok_dir}")
+    if config.tokenizer_path:  # loaded now: a damaged or foreign one fails before anything is written
+        load_tokenizer(tok_dir)
     main_process = jax.process_index() == 0
 
     # Data (built into data_dir if it has none), then the workdir: resume, or start over with --overwrite.
@@ -498,6 +498,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
             evaluated = evaluate(eval_step, state, eval_loader, mesh)
             writer.write(step, evaluated)
         if step % config.checkpoint_every == 0 or final:
+            writer.flush()  # the logs of every step the checkpoint covers are on disk first
             _save(mngr, step, state, opt_state, {"step": step, "loader": train_loader.state})
     mngr.wait_until_finished()
     mngr.close()

@@ -88,9 +88,18 @@ def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
     path = Path(path)
-    if not (path / "tokenizer.json").is_file():
-        raise UsageError(f"no tokenizer.json in {path}")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # without the config: no pad / bos / eos ids
+        if not (path / name).is_file():
+            raise UsageError(f"no {name} in {path} (a directory written by infalign_jax.tokenizer_train)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # damaged JSON, a truncated file, ...: transformers / tokenizers raise many kinds
+        raise UsageError(f"cannot load the tokenizer in {path}: {' '.join(str(e).split())[:300]}") from None
+    ids = (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    if ids != (PAD_ID, BOS_ID, EOS_ID):
+        want = (PAD_ID, BOS_ID, EOS_ID)
+        raise UsageError(f"tokenizer in {path}: pad/bos/eos ids are {ids}, expected {want}")
+    return tokenizer
 
 
 def hh_texts(source) -> Iterable[str]:

@@ -228,6 +228,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
             writer.write(step, m)
             times.append({k: v for k, v in m.items() if k.startswith("time/")})
             if ckpt.should_save(step) or step == config.num_steps or stop["sigterm"]:
+                writer.flush()  # the logs of every step the checkpoint covers are on disk first
                 ckpt.save(state, meta)
             if stop["sigterm"]:
                 ckpt.wait()

@@ -126,3 +126,48 @@ def test_config_flags_reject_stray_arguments(tmp_path):
         parse_config_flags(["--config", str(path), "extra"], prog="prog", example="c.py")
     with pytest.raises(UsageError, match="unexpected argument.*: extra"):
         parse_config_flags(["extra", "--config", str(path), "--config.a=3"], prog="prog", example="c.py")
+
+
+def test_config_flags_errors_from_flagfiles_and_earlier_configs_are_one_usage_error(tmp_path):
+    """Only the last --config was pre-loaded for a clean error: a flagfile or an earlier broken --config was
+    a raw absl / ml_collections traceback (exit 1)."""
+    broken, good = tmp_path / "broken.py", tmp_path / "good.py"
+    broken.write_text("x = (\n")
+    good.write_text(
+        "import ml_collections\n\ndef get_config():\n    return ml_collections.ConfigDict({'a': 1})\n"
+    )
+    flagfile = tmp_path / "ff.txt"
+    flagfile.write_text(f"--config={broken}\n")
+    for argv in (
+        ["--config", str(good), f"--flagfile={tmp_path / 'missing.txt'}"],
+        [f"--flagfile={flagfile}"],
+        ["--config", str(broken), "--config", str(good)],
+    ):
+        with pytest.raises(UsageError, match="bad arguments or config: "):
+            parse_config_flags(argv, prog="prog", example="c.py")
+
+
+def test_atomic_write_files_is_all_or_nothing(tmp_path):
+    from infalign_jax.io_utils import atomic_write_files
+
+    keep = tmp_path / "keep.npz"
+    keep.write_bytes(b"OLD")
+    blocked = tmp_path / "afile"
+    blocked.write_bytes(b"x")
+    with pytest.raises(OSError) as e:  # the 2nd output cannot be written: the 1st must stay as it was
+        atomic_write_files({keep: b"NEW", blocked / "out.png": b"PNG"})
+    assert keep.read_bytes() == b"OLD" and e.value.filename == str(blocked / "out.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "keep.npz"]  # no temp files left
+    atomic_write_files({keep: b"NEW", tmp_path / "sub" / "b.png": b"PNG"})
+    assert keep.read_bytes() == b"NEW" and (tmp_path / "sub" / "b.png").read_bytes() == b"PNG"
+
+
+def test_atomic_directory_refuses_the_current_directory(tmp_path, monkeypatch):
+    """`--out .` was accepted, worked, then failed ('. already exists and is not empty': its temp directory
+    was created inside it); replacing the current directory is refused up front now."""
+    monkeypatch.chdir(tmp_path)
+    for path in (".", "sub/..", str(tmp_path)):
+        with pytest.raises(UsageError, match="is the current directory"):
+            with atomic_directory(path):
+                pass
+    assert list(tmp_path.iterdir()) == []

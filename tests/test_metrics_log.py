@@ -69,3 +69,25 @@ def test_drop_rows_after_leaves_a_file_with_nothing_to_drop_untouched(tmp_path):
     assert drop_rows_after(path, 1) == 2  # rewritten atomically (a new file), the step-1 row kept
     assert path.stat().st_ino != inode and path.read_text() == text.splitlines(keepends=True)[0]
     assert drop_rows_after(tmp_path / "missing.jsonl", 0) == 0 and not (tmp_path / "missing.jsonl").exists()
+
+
+def test_flush_puts_events_on_disk_and_quick_resumes_and_torn_lines_lose_nothing(tmp_path):
+    """tensorboardX flushes every 120 s: a run killed after a checkpoint lost those steps' events for good
+    (flush() is now called before every checkpoint). Two writers started within one second shared one event
+    file name and the second wiped the first's events; a row appended after a torn line was glued onto it."""
+    w = MetricsWriter(tmp_path, progress=False)
+    for s in (1, 2, 3):
+        w.write(s, {"loss": float(s)})
+    w.flush()  # what train/sft do right before saving a checkpoint; the process could die here
+    (first,) = (tmp_path / "tb").iterdir()
+    assert [e.step for e in events(first) if e.summary.value] == [1, 2, 3]
+    w.close()
+    log(tmp_path, [4], initial_step=3, truncate=True)  # within the same second: a second event file
+    files = list((tmp_path / "tb").iterdir())
+    steps = sorted(e.step for f in files for e in events(f) if e.summary.value)
+    assert len(files) == 2 and steps == [1, 2, 3, 4, 4]  # step 4: loss and eval_loss
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # killed mid-row
+    log(tmp_path, [6])  # default: append
+    tail = (tmp_path / "metrics.jsonl").read_text().splitlines()[-3:]
+    assert tail == ['{"step": 5, "lo', '{"step": 6, "loss": 6.0}', '{"step": 6, "eval_loss": -6.0}']

@@ -212,12 +212,16 @@ def test_overwrite_checks_every_input_before_removing_the_old_run(prepared, tmp_
     wd = tmp_path / "run"
     train(tiny(prepared, num_steps=2, checkpoint_every=1), str(wd))
     before = snapshot(wd)
+    damaged = tmp_path / "damaged_tok"  # a truncated tokenizer.json was a JSONDecodeError traceback
+    shutil.copytree(prepared / "tok", damaged)
+    (damaged / "tokenizer.json").write_text((damaged / "tokenizer.json").read_text()[:500])
     bad_inputs = [
         (
             {"data_dir": str(tmp_path / "typo"), "manual_dir": str(tmp_path / "no_hh")},
             "HH-RLHF directory not",
         ),
-        ({"tokenizer_path": str(tmp_path / "no_tok")}, "no tokenizer.json in tokenizer_path"),
+        ({"tokenizer_path": str(tmp_path / "no_tok")}, "no tokenizer.json in .*no_tok"),
+        ({"tokenizer_path": str(damaged)}, "cannot load the tokenizer in .*damaged_tok"),
         ({"log_every": 0}, "log_every must be"),
         ({"batch_size": 4096}, "need at least batch_size"),
     ]

@@ -47,6 +47,14 @@ def test_bad_tokenizer_inputs(tmp_path):
         train_bpe(["a b c"], vocab_size=300, min_frequency=-1)  # was an OverflowError in tokenizers
     with pytest.raises(UsageError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)
+    # A damaged tokenizer.json was a raw JSONDecodeError; a missing tokenizer_config.json loaded with
+    # pad / bos ids None.
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    with pytest.raises(UsageError, match="no tokenizer_config.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(UsageError, match=f"cannot load the tokenizer in {tmp_path}"):
+        load_tokenizer(tmp_path)
 
 
 def test_out_holding_anything_else_is_never_touched(data, tmp_path, capsys):

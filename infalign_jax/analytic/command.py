@@ -36,7 +36,7 @@ from infalign_jax.analytic.solver import (
 )
 from infalign_jax.analytic.threads import map_concurrently
 from infalign_jax.cli import UsageError
-from infalign_jax.io_utils import atomic_write_bytes
+from infalign_jax.io_utils import atomic_write_files
 
 
 class _Parser(argparse.ArgumentParser):
@@ -223,11 +223,11 @@ def main(argv=None) -> int:
 
         fig = frontier_figure(procedure, kls, grid=args.grid, results=results)
         outputs[args.plot] = figure_png_bytes(fig)
-    for path, data in outputs.items():  # everything computed: now write, each file atomically
-        try:
-            atomic_write_bytes(path, data)
-        except OSError as e:
-            raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+    try:  # everything computed: now write, all or nothing (one failing output leaves the others untouched)
+        atomic_write_files(outputs)
+    except OSError as e:
+        raise UsageError(f"cannot write {e.filename}: {e.strerror or e}") from None
+    for path in outputs:
         print(f"wrote {path}", file=sys.stderr)
 
     if args.json:

@@ -254,7 +254,10 @@ def load_tokenizer(path: str | os.PathLike):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # damaged JSON, a truncated file, ...: transformers / tokenizers raise many kinds
+        raise UsageError(f"cannot load the tokenizer in {path}: {' '.join(str(e).split())[:300]}") from None
 
 
 # ------------------------------------------------------------------------------------------------ writing
