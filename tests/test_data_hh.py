@@ -223,3 +223,14 @@ def test_line_separators_inside_json_strings_do_not_split_lines(tmp_path):
     pairs = list(iter_pairs([path]))
     assert [p[0] for p in pairs] == [0, 1, 2]  # ids are the lines' positions
     assert pairs[1][1] == f"\n\nHuman: {odd}\n\nAssistant:"
+
+
+def test_damaged_dataset_shard_is_one_usage_error(tmp_path):
+    """array_record opens shards lazily: a truncated one was a RuntimeError traceback at the first read
+    (e.g. inside tokenizer_train or SFT); load_hh now reads the last record and names the dataset."""
+    _, out = _small_build(tmp_path)
+    assert len(load_hh("train", out)) > 0
+    shard = next(out.rglob("*train.array_record*"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(UsageError, match=r"cannot be read \(.*\); rebuild it with"):
+        load_hh("train", out)

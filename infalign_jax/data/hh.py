@@ -459,10 +459,19 @@ def load_hh(split: str, data_dir: str | os.PathLike = "runs/data") -> HHSource:
             f"no HH dataset at {data_dir}; build it with: "
             f"python -m infalign_jax.data.hh --data-dir {data_dir}"
         )
-    builder = tfds.builder_from_directory(str(path))
-    if split not in builder.info.splits:
-        return HHSource([])  # too little input for this split to get any example
-    return HHSource(builder.as_data_source(split=split))
+    try:
+        builder = tfds.builder_from_directory(str(path))
+        if split not in builder.info.splits:
+            return HHSource([])  # too little input for this split to get any example
+        source = builder.as_data_source(split=split)
+        if len(source):
+            source[len(source) - 1]  # array_record opens its shards lazily: a truncated one fails here
+        return HHSource(source)
+    except Exception as e:  # damaged metadata or array_record shards (e.g. truncated): tfds raises many kinds
+        raise UsageError(
+            f"the HH dataset at {path} cannot be read ({' '.join(str(e).split())[:200]}); rebuild it with: "
+            f"python -m infalign_jax.data.hh --data-dir {data_dir}"
+        ) from None
 
 
 def build_or_load(split: str, data_dir: str | os.PathLike = "runs/data", manual_dir=None) -> HHSource:
