@@ -45,6 +45,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
+    # Adam's eps (1e-8 when absent): at step 1 pi = pi_ref, but the old and reference log-probs differ by
+    # roundoff, so prompts whose samples tie in Phi(u) get ~1e-8 gradients that eps = 1e-8 turns into
+    # ~lr/2 moves whose sign depends on the mesh; 1e-6 makes such a gradient a ~1% step (measured on a toy
+    # HH run, lr 1e-2: params after 1 step on 1 vs 4 devices differ by 6.2e-3 with 1e-8, 1.2e-4 with 1e-6).
+    c.optim.eps = 1e-6
     c.optim.max_grad_norm = 1.0
 
     c.num_steps = 4

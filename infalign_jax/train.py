@@ -141,6 +141,13 @@ def _mesh(config):
     n = len(jax.devices()) if data is None else data * fsdp
     if n > len(jax.devices()):
         raise UsageError(f"mesh data={data} x fsdp={fsdp} needs {n} devices, have {len(jax.devices())}")
+    if jax.process_count() > 1 and n != len(jax.devices()):
+        # jax.devices()[:n] would leave other processes' devices out of the mesh: they then hold no shard of
+        # the batch and fail (put_global ValueError / a collective timeout).
+        raise UsageError(
+            f"a {jax.process_count()}-process run needs a mesh over all {len(jax.devices())} devices, got "
+            f"mesh data={data} x fsdp={fsdp}: set --config.mesh.data=0 (all devices)"
+        )
     try:
         mesh = make_mesh(data, fsdp, jax.devices()[:n])
     except ValueError as e:
@@ -151,6 +158,15 @@ def _mesh(config):
             f"({mesh.shape[DATA]} devices): the prompt batch is sharded over it"
         )
     return mesh
+
+
+def _any_process(flag: bool) -> bool:
+    """``flag`` of ANY process (a host all-gather; just ``flag`` on one process). The processes of a run must
+    agree on saving and stopping: with SIGTERM seen one step apart, one process entered the checkpoint save
+    (a collective) while the other ran the next step (another collective), and both hung unsaved."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def host_tree(tree):
@@ -173,6 +189,7 @@ def optimizer(config: ml_collections.ConfigDict, cfg: StepConfig):
         o.weight_decay,
         o.b1,
         o.b2,
+        float(o.get("eps", 1e-8)),
         max_grad_norm=float(o.max_grad_norm) or None,
         updates_per_step=cfg.ppo_epochs,
     )
@@ -227,10 +244,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
                 )
             writer.write(step, m)
             times.append({k: v for k, v in m.items() if k.startswith("time/")})
-            if ckpt.should_save(step) or step == config.num_steps or stop["sigterm"]:
+            sigterm = _any_process(stop["sigterm"])
+            if ckpt.should_save(step) or step == config.num_steps or sigterm:
                 writer.flush()  # the logs of every step the checkpoint covers are on disk first
                 ckpt.save(state, meta)
-            if stop["sigterm"]:
+            if sigterm:
                 ckpt.wait()
                 raise Preempted(f"SIGTERM: saved checkpoint at step {step}; exiting")
     finally:

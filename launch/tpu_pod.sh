@@ -8,8 +8,9 @@
 # What it does, on all workers (gcloud ... ssh --worker=all):
 #   1. copies this checkout to ~/infalign_jax (rsync-free: a tarball through `gcloud compute tpus tpu-vm scp`),
 #   2. `launch/local.sh setup` (the same pinned venv as on a laptop) plus the TPU build of jaxlib,
-#   3. runs `python -m infalign_jax.train --distributed`, which calls jax.distributed.initialize() (TPU pods
-#      auto-detect the coordinator) before touching devices.
+#   3. runs `python -m infalign_jax.train --distributed --config.mesh.data=0`, which calls
+#      jax.distributed.initialize() (TPU pods auto-detect the coordinator) before touching devices; the mesh
+#      spans every chip of the slice (a multi-process run refuses a smaller one; override after `--`).
 # The workdir must be a filesystem path every worker sees (e.g. a gcsfuse or Filestore mount): Orbax writes
 # one checkpoint per step collectively, and reruns with the same workdir resume. SIGTERM on preemption
 # saves a checkpoint before exit. Models and data must already be on that path (nothing is downloaded).
@@ -64,5 +65,5 @@ if [ ${#EXTRA[@]} -gt 0 ]; then EXTRA_Q=$(printf ' %q' "${EXTRA[@]}"); fi
   bash launch/local.sh setup
   .venv/bin/pip install -q 'jax[tpu]==0.10.2'
   .venv/bin/python -m infalign_jax.train --distributed --config $(printf %q "$CONFIG") \
-      --workdir $(printf %q "$WORKDIR")$EXTRA_Q
+      --workdir $(printf %q "$WORKDIR") --config.mesh.data=0$EXTRA_Q
 "

@@ -169,8 +169,38 @@ def test_update_gradients_equal_direct_autodiff(epochs):
     )
 
 
+def test_adam_moments_are_sharded_like_their_parameters():
+    """GSPMD left the zeros_like Adam moments replicated (two full model copies per device under FSDP);
+    init_state gives each moment its parameter's sharding, and a step keeps it."""
+    problem = bandit.make_bandit(8, 64, 1.0, 3)
+    cfg = StepConfig(transform=parse_transform("exp:4"), loss=LossConfig(beta=0.2), num_samples=8, num_ref=16)
+    trainer = CtrlTrainer(
+        bandit.TabularPolicy(), bandit.bandit_scorer, cfg, make_optimizer(0.1, 10), make_mesh(2, 4)
+    )
+    logits = {"logits": problem.ref_logits}
+    state = trainer.init_state(logits, logits, {"rewards": problem.rewards}, 0)
+    for _ in range(2):
+        want = state.params["logits"].sharding.spec
+        assert want == jax.sharding.PartitionSpec(None, "fsdp")
+        adam = [
+            s
+            for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+            if hasattr(s, "mu")
+        ]
+        assert len(adam) == 1
+        for moment in (adam[0].mu["logits"], adam[0].nu["logits"]):
+            assert moment.sharding.spec == want and moment.addressable_shards[0].data.shape == (8, 16)
+        state, _ = trainer.train_step(
+            state, trainer.shard_batch(problem.batch(0, 8)), trainer.step_rng(state)
+        )
+
+
 if __name__ == "__main__":  # the worker of test_two_processes_match_one
     (out,) = init_worker(sys.argv)
+    from infalign_jax.train import _any_process  # the trainer's SIGTERM agreement: any process's flag
+
+    assert _any_process(jax.process_index() == 0) and _any_process(jax.process_index() == 1)
+    assert not _any_process(False)
     loss, params, _, _, _ = _run(make_mesh(2, 2))
     if jax.process_index() == 0:
         np.savez(out, loss=loss, params=params)

@@ -52,6 +52,7 @@ def test_config_is_passed_as_its_path_inside_the_checkout(repo_root, stub_env, t
         calls = log.read_text()  # the ssh call's --command spans several lines
         assert calls.count(" ssh t --worker=all") == 1, calls
         assert "--config configs/ctrl_hh_harmless.py " in calls and "--workdir /mnt/w" in calls, calls
+        assert "--config.mesh.data=0" in calls, calls  # the shipped configs' data=1 would leave hosts out
 
 
 @pytest.mark.parametrize(

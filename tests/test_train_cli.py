@@ -239,3 +239,34 @@ def test_sigterm_saves_before_exit(repo_root, tmp_path):
     last = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert _ckpt_steps(work) == [last] and 5 <= last < TINY["num_steps"]
     assert "SIGTERM: saved checkpoint" in err
+
+
+def test_multi_process_run_refuses_a_mesh_leaving_devices_out(repo_root, monkeypatch):
+    """mesh.data=1 (the shipped configs' default) built the mesh from jax.devices()[:1]: on 2 processes the
+    second held no shard and died in put_global (the first in a collective timeout)."""
+    import jax
+
+    from infalign_jax.train import _mesh
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(UsageError, match="2-process run needs a mesh over all 8 devices.*mesh.data=0"):
+        _mesh(tiny_config(repo_root, **{"mesh.data": 1}))
+    assert _mesh(tiny_config(repo_root, **{"mesh.data": 0})).size == 8
+
+
+def test_optim_eps_reaches_adam(repo_root):
+    """config.optim.eps (the HH config sets 1e-6) is Adam's eps: a 1e-8 gradient (roundoff at pi = pi_ref)
+    makes a ~lr/2 step with the default 1e-8, a ~1% one with 1e-6."""
+    import jax.numpy as jnp
+
+    from infalign_jax.train import optimizer
+
+    steps = {}
+    for eps in (None, 1e-6):
+        config = tiny_config(repo_root, **({} if eps is None else {"optim.eps": eps}))
+        config.optim.lr, config.optim.schedule = 1e-2, "constant"
+        tx = optimizer(config, step_config(config))
+        params = {"w": jnp.zeros(3)}
+        updates, _ = tx.update({"w": jnp.full(3, 1e-8)}, tx.init(params), params)
+        steps[eps] = float(jnp.max(jnp.abs(updates["w"]))) / 1e-2
+    assert 0.4 < steps[None] < 0.6 and 0.005 < steps[1e-6] < 0.015, steps

@@ -353,15 +353,17 @@ class CtrlTrainer:
         params = put_global(params, self.param_sharding(params, mesh))
         ref_params = put_global(ref_params, self.param_sharding(ref_params, mesh))
         env = put_global(env, self.param_sharding(env, mesh))
-        # Optimizer state: moments follow the params' shardings; leaves GSPMD leaves unconstrained (counts)
-        # are
-        # pinned to replicated NamedShardings so every step sees the same input types (no recompiles).
-        first = jax.jit(self.tx.init)(params)
-        opt_sharding = jax.tree.map(
-            lambda x: (
-                x.sharding if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh else rep
-            ),
-            first,
+        # Optimizer state: every per-parameter leaf (Adam's mu, nu) takes its parameter's sharding, the rest
+        # (counts) is replicated. Set explicitly: GSPMD left zeros_like moments replicated (no data dependence
+        # on the params), i.e. two full copies of the model on every device under FSDP.
+        abstract = jax.eval_shape(self.tx.init, params)
+        opt_sharding = optax.tree_map_params(
+            self.tx,
+            lambda _, p: p.sharding,
+            abstract,
+            params,
+            transform_non_params=lambda _: rep,
+            is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
         )
         opt_state = jax.jit(self.tx.init, out_shardings=opt_sharding)(params)
         state = TrainState(

@@ -511,7 +511,10 @@ def load_reward_model(workdir: str | os.PathLike, seed: int = 0) -> RewardModel:
     net = rm.net
     state = nnx.state(net, saved_filter(spec))
     target = nnx.to_pure_dict(state)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+    # On THIS process's first device: without a sharding Orbax restores to the saved one (device 0 of the
+    # process that saved), which other processes of a jax.distributed run do not have.
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), target)
     with ocp.StandardCheckpointer() as ckptr:
         restored = ckptr.restore(workdir / CKPT_DIR, abstract)
     nnx.replace_by_pure_dict(state, restored)
