@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +54,7 @@ class SamplingConfig:
                 f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE:.3g} (float32's smallest normal "
                 f"number), got {self.temperature}"
             )
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 0:
             raise UsageError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
             raise UsageError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
