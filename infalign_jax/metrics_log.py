@@ -52,6 +52,12 @@ def drop_rows_after(path: str | os.PathLike, step: int) -> int:
     return len(lines) - len(kept)
 
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
 class MetricsWriter:
     """Writes scalar metrics per step to ``<workdir>/metrics.jsonl`` and TensorBoard events under
     ``<workdir>/tb``.
@@ -86,8 +92,8 @@ class MetricsWriter:
             drop_rows_after(self.workdir / "metrics.jsonl", initial_step)
         self._open_tb(purge_step=initial_step + 1 if truncate else None)
         path = self.workdir / "metrics.jsonl"
-        torn = path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
-        self._jsonl = open(path, "a")  # noqa: SIM115 (closed in close())
+        self._jsonl = open(path, "a+")  # noqa: SIM115 (closed in close())
+        torn = self._jsonl.tell() > 0 and _last_byte(path) != b"\n"
         if torn:  # a killed writer's half line: end it, so the next row is a line of its own
             self._jsonl.write("\n")
         if progress:

@@ -268,20 +268,19 @@ def test_sample_and_score_on_a_data_mesh_equals_one_device(components):
     assert np.std(want) > 0
 
 
-def test_decoded_responses_are_stripped_like_reward_model_training_replies(repo_root):
+def test_scorer_sees_replies_stripped_like_reward_model_training_replies(components):
     """The policy's first response token carries the space of 'prompt + " " + reply'; the reward model was
-    trained on stripped replies, so the scorer must see 'I can help', not ' I can help'."""
-    from transformers import AutoTokenizer
-
-    from infalign_jax.ctrl.lm import decode_responses
-
-    tok = AutoTokenizer.from_pretrained(str(repo_root / "tests/fixtures/models/llama"), local_files_only=True)
+    trained on stripped replies, so the scorer must encode 'I can help you', not ' I can help you'
+    (RewardModel.encode strips, for this scorer and every other caller)."""
+    tok, scorer = components.tokenizer, components.scorer
     ids = tok.encode(" I can help you ", add_special_tokens=False)
     assert tok.decode(ids).startswith(" ")
-    texts = decode_responses(
-        tok, np.array([ids, ids]), np.array([[True] * len(ids), [True, True] + [False] * (len(ids) - 2)])
-    )
-    assert texts[0] == "I can help you" and texts[1] == tok.decode(ids[:2]).strip()
+    mask = np.array([[[True] * len(ids)]])
+    got_ids, got_mask = scorer._encode_responses_host(np.array([[ids]], np.int32), mask)
+    enc = scorer.rm.encode([""], ["I can help you"], batch=1)
+    n = int(enc.response_mask_br.sum())
+    assert int(got_mask.sum()) == n
+    np.testing.assert_array_equal(np.asarray(got_ids)[0, 0, :n], enc.response_br[0, :n])
 
 
 def test_table_meta_tracks_the_weights_not_just_the_paths(parts, repo_root, tmp_path):
