@@ -270,3 +270,43 @@ def test_optim_eps_reaches_adam(repo_root):
         updates, _ = tx.update({"w": jnp.full(3, 1e-8)}, tx.init(params), params)
         steps[eps] = float(jnp.max(jnp.abs(updates["w"]))) / 1e-2
     assert 0.4 < steps[None] < 0.6 and 0.005 < steps[1e-6] < 0.015, steps
+
+
+def test_sigterm_to_one_of_two_processes_saves_on_both(repo_root, tmp_path):
+    """Two `--distributed` trainer processes (2 CPU devices each, 127.0.0.1); SIGTERM reaches process 1 only.
+    Both must agree to save the same step and exit 143: without the per-step agreement one process entered the
+    checkpoint save (a collective) while the other ran the next train step, and both hung unsaved."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    work = tmp_path / "two"
+    dist = ["--distributed", f"--coordinator=127.0.0.1:{port}", "--num_processes=2"]
+    procs = [
+        subprocess.Popen(
+            cli(repo_root, work, checkpoint_every=1000, **{"mesh.data": 0}) + [*dist, f"--process_id={i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    metrics = work / "metrics.jsonl"
+    try:
+        _wait_for(
+            lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 5, procs[0], timeout=300
+        )
+        procs[1].send_signal(signal.SIGTERM)
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [143, 143], "\n".join(e[-2000:] for e in errs)
+    saved = [int(e.split("saved checkpoint at step ")[1].split(";")[0]) for e in errs]
+    last = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert saved == [last, last] and _ckpt_steps(work) == [last] and 5 <= last < TINY["num_steps"]
