@@ -1,6 +1,7 @@
 """Reward model: pair layout vs the torch golden, scoring API (shapes, padding invariance, no retrace),
 policy-token reward function, save/load, and the decoder backbone on a tiny random decoder."""
 
+import sys
 from pathlib import Path
 
 import jax
@@ -19,6 +20,9 @@ from infalign_jax.reward.model import (
     make_reward_fn,
     save_reward_model,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from two_processes import init_worker, run_workers  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "fixtures" / "minilm" / "golden.npz"
 PROMPTS = [
@@ -133,6 +137,18 @@ def test_save_and_load_roundtrip(rm, tmp_path):
         load_reward_model(tmp_path / "missing")
 
 
+def test_load_on_two_processes(rm, tmp_path):
+    """Each process of a jax.distributed run loads the reward model onto its own device: without an explicit
+    sharding Orbax restored onto the saving process's device 0, which process 1 does not have (the HH CTRL run
+    could not start under --distributed)."""
+    save_reward_model(rm, tmp_path / "rm")
+    run_workers(__file__, tmp_path / "rm", tmp_path, timeout=300)
+    want = rm.score_texts(PROMPTS, RESPONSES)
+    assert np.ptp(want) > 1e-3  # a non-trivial head: restoring zeros would not pass
+    for pid in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"scores_{pid}.npy"), want, atol=1e-6)
+
+
 def test_spec_validation():
     with pytest.raises(UsageError, match="backbone"):
         RewardSpec(backbone="bert")
@@ -202,3 +218,10 @@ def test_trained_filter_selects_top_layers_and_head(rm):
     assert ("encoder", "word_emb") in everything and ("encoder", 0) in everything
     saved = {p[:2] for p, _ in nnx.to_flat_state(nnx.state(rm.net, saved_filter(RewardSpec())))}
     assert saved == {("head", "out"), ("head", "mean"), ("head", "std")}
+
+
+if __name__ == "__main__":  # the worker of test_load_on_two_processes
+    rm_dir, out = map(Path, init_worker(sys.argv))
+    loaded = load_reward_model(rm_dir)
+    np.save(out / f"scores_{jax.process_index()}.npy", loaded.score_texts(PROMPTS, RESPONSES))
+    jax.distributed.shutdown()
