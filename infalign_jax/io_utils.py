@@ -21,6 +21,21 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_directory(path: Path) -> None:
+    """Makes the entries of directory ``path`` (e.g. a rename into it) durable; a no-op where directories
+    cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a temp file in the same directory + ``os.replace``."""
     atomic_write_files({path: data})
@@ -46,6 +61,8 @@ def atomic_write_files(files: Mapping[str | os.PathLike, bytes]) -> None:
                 os.fsync(f.fileno())
         for tmp, path in staged:
             os.replace(tmp, path)
+        for parent in {target.parent for _, target in staged}:
+            _fsync_directory(parent)  # the renames themselves survive a power loss
     except BaseException as e:
         for tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
@@ -129,7 +146,8 @@ def atomic_directory(
     ``replace=True``, or if it is a directory for which ``replace(path)`` is true (e.g. "holds only the
     files an earlier run wrote"). Otherwise :class:`~infalign_jax.cli.UsageError` is raised before the block
     runs, and again (nothing replaced) if such a ``path`` appeared while it ran. The replaced entry is moved
-    aside first and deleted only after the new directory is in place.
+    aside first and deleted only after the new directory is in place. This guards against a failed or
+    killed process, not a power loss: files written into the temporary directory are not fsynced here.
     """
     from infalign_jax.cli import UsageError
 
