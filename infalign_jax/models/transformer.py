@@ -267,7 +267,9 @@ def prefill(config: ModelConfig, params: Params, tokens_bt, mask_bt, max_new_tok
 
     ``logits_bv``: next-token logits after the last prompt token (index T-1). ``prefix_cache``: ``{"k", "v":
     tuples of L arrays [B, K, T, Dh], "mask_bt": bool, "positions_bt": int32, "lengths_b": int32}``.
-    ``max_new_tokens`` is only checked against ``max_position_embeddings`` (static).
+    ``max_new_tokens`` is only checked against ``max_position_embeddings`` (static), together with the PADDED
+    width T — conservative for left-padded rows; :class:`~infalign_jax.sampling.Sampler` checks the real
+    prompt lengths on the host instead and does not pass it.
     """
     b, t = tokens_bt.shape
     if max_new_tokens is not None and t + int(max_new_tokens) > config.max_position_embeddings:
