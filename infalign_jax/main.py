@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -28,6 +29,7 @@ from infalign_jax.analytic.solver import DEFAULT_CELLS, as_procedure
 from infalign_jax.cli import ArgumentParser, UsageError, load_config_file, run_main
 from infalign_jax.ctrl.bandit import EVAL_PROCEDURES
 from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
+from infalign_jax.preemption import EXIT_PREEMPTED, Preempted
 from infalign_jax.seeds import check_seed
 from infalign_jax.train import train
 
@@ -71,15 +73,19 @@ def _claim_workdir(workdir: Path, settings: dict) -> None:
     """Creates ``workdir`` (or reuses it for the same settings: the runs inside resume) and records the
     settings in ``settings.json`` before anything else is written. A workdir of a run with other settings is
     refused (UsageError) with nothing touched: resuming it would report its policies under the new settings
-    (steps may differ: a longer run resumes, and each CTRL run checks its own config on resume)."""
+    (--steps included: the bandit config's cosine learning rate is spread over the run's length, so a run
+    extended from 150 to 300 steps is not a 300-step run)."""
     if workdir.exists() and not workdir.is_dir():
         raise UsageError(f"--workdir {workdir} exists and is not a directory")
     record = workdir / "settings.json"
     previous = None
+    summary_path = workdir / "summary.json"
     if record.is_file():
         previous = run_settings.read_settings(record)
-    elif (workdir / "summary.json").is_file():  # written before settings.json existed
-        summary = run_settings.read_settings(workdir / "summary.json")
+        if "steps" not in previous and summary_path.is_file():  # recorded before --steps was a setting
+            previous["steps"] = run_settings.read_settings(summary_path).get("steps", run_settings.MISSING)
+    elif summary_path.is_file():  # written before settings.json existed
+        summary = run_settings.read_settings(summary_path)
         previous = {k: summary.get(k, run_settings.MISSING) for k in settings}
     if previous is not None and (changed := run_settings.diffs(previous, settings)):
         raise UsageError(
@@ -110,7 +116,7 @@ def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict
         raise UsageError(
             f"{BANDIT_CONFIG} not found: run the main job from a checkout installed with `pip install -e .`"
         )
-    _claim_workdir(workdir, {"procedure": spec, "kl_budget": kl, "seed": seed})
+    _claim_workdir(workdir, {"procedure": spec, "kl_budget": kl, "seed": seed, "steps": steps})
 
     # 1. Theory: the three transformations at the budget, and Φ* exported as a table for the trainer.
     report, results = analytic_command.analyze(spec, [kl], grid=DEFAULT_CELLS, with_curves=True)
@@ -181,7 +187,11 @@ def format_summary(summary: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    summary = run(args.procedure, args.kl, args.workdir, args.seed, args.steps)
+    try:
+        summary = run(args.procedure, args.kl, args.workdir, args.seed, args.steps)
+    except Preempted as e:  # a checkpoint of the running method was saved: the same command resumes
+        print(str(e), file=sys.stderr)
+        return EXIT_PREEMPTED
     print(format_summary(summary))
     print(f"[main] wrote {args.workdir / 'summary.json'} and {args.workdir / 'frontier.png'}")
     print(json.dumps({m: round(r["win_rate"], 4) for m, r in summary["ctrl"].items()}))

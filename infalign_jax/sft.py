@@ -28,6 +28,7 @@ import functools
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,15 +43,17 @@ from flax import nnx
 from infalign_jax import run_settings
 from infalign_jax.cli import UsageError, parse_config_flags, run_main
 from infalign_jax.io_utils import atomic_write_json, check_directory_path
+from infalign_jax.preemption import EXIT_PREEMPTED, Preempted, sigterm_flag
 from infalign_jax.seeds import check_seed
 
 EXPORT, CHECKPOINTS, TOKENIZER, RUN_CONFIG = "export", "checkpoints", "tokenizer", "run_config.json"
 # Everything a run writes into its workdir (what --overwrite removes).
 RUN_OUTPUTS = (EXPORT, CHECKPOINTS, TOKENIZER, RUN_CONFIG, "eval.json", "metrics.jsonl", "tb")
 # Config keys (besides the ``model`` block) a resumed run must keep: they fix the parameters or the tokenizer.
-# Settings a resumed run may change (run length, logging, samples, where things are); every other setting
-# (seed, optimizer, batch, lengths, tokenizer, model) must match the run's run_config.json: resuming with
-# another one would give numbers that neither setting gives from scratch.
+# Settings a resumed run may change (run length — unless the learning rate decays over it, see
+# _check_resumable —, logging, samples, where things are); every other setting (seed, optimizer, batch,
+# lengths, tokenizer, model) must match the run's run_config.json: resuming with another one would give
+# numbers that neither setting gives from scratch.
 RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 RESUMABLE_KEYS += ("num_samples", "sample_max_new_tokens", "sample_temperature", "sample_top_p")
 RESUMABLE_KEYS += ("workdir", "data_dir", "manual_dir")
@@ -234,6 +237,13 @@ def _check_resumable(workdir: Path, config, tok_dir: Path) -> None:
     if saved.is_file():
         started = run_settings.read_settings(saved)
         diffs = run_settings.diffs(_run_identity(started), _run_identity(config.to_dict()))
+        if not diffs and started.get("num_steps") != config.num_steps and config.end_lr_fraction != 1.0:
+            # The cosine decay is spread over num_steps: a run continued to another length equals neither
+            # length's run (with end_lr_fraction 1 the rate is constant after warmup, and that is allowed).
+            diffs = [
+                f"num_steps: {started.get('num_steps')!r} -> {config.num_steps!r}, with the learning rate "
+                f"decaying over it (end_lr_fraction {config.end_lr_fraction!r})"
+            ]
     if not diffs and (workdir / CHECKPOINTS).is_dir() and (tok_dir / "tokenizer.json").is_file():
         from infalign_jax.tokenizer_train import load_tokenizer
 
@@ -478,28 +488,38 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
     batches = iter(train_loader)
     pending = []  # device metrics since the last log (fetched every log_every steps: no per-step sync)
     last = {}
-    while step < config.num_steps:
-        tokens, mask = _global_batch(next(batches), mesh)
-        state, opt_state, metrics = train_step(state, opt_state, tokens, mask)
-        pending.append(metrics)
-        step += 1
-        final = step == config.num_steps
-        if step % config.log_every == 0 or final:
-            fetched = jax.device_get(pending)
-            last = {
-                "train_loss": float(np.mean([m["loss"] for m in fetched])),
-                "grad_norm": float(fetched[-1]["grad_norm"]),
-                "learning_rate": float(schedule(step - 1)),
-            }
-            writer.write(step, last)
-            pending = []
-        if step % config.eval_every == 0 or final:
-            eval_loader.restore({"epoch": 0, "index": 0})
-            evaluated = evaluate(eval_step, state, eval_loader, mesh)
-            writer.write(step, evaluated)
-        if step % config.checkpoint_every == 0 or final:
-            writer.flush()  # the logs of every step the checkpoint covers are on disk first
-            _save(mngr, step, state, opt_state, {"step": step, "loader": train_loader.state})
+    with sigterm_flag() as sigterm_requested:
+        while step < config.num_steps:
+            tokens, mask = _global_batch(next(batches), mesh)
+            state, opt_state, metrics = train_step(state, opt_state, tokens, mask)
+            pending.append(metrics)
+            step += 1
+            final = step == config.num_steps
+            save = step % config.checkpoint_every == 0 or final
+            sigterm = sigterm_requested()  # every process, every step: they must agree
+            # A row at every checkpoint too: the losses since the last row are not checkpointed, so a run
+            # resumed from it (checkpoint_every not a multiple of log_every) would average fewer steps.
+            if step % config.log_every == 0 or save or sigterm:
+                fetched = jax.device_get(pending)
+                last = {
+                    "train_loss": float(np.mean([m["loss"] for m in fetched])),
+                    "grad_norm": float(fetched[-1]["grad_norm"]),
+                    "learning_rate": float(schedule(step - 1)),
+                }
+                writer.write(step, last)
+                pending = []
+            if step % config.eval_every == 0 or final:
+                eval_loader.restore({"epoch": 0, "index": 0})
+                evaluated = evaluate(eval_step, state, eval_loader, mesh)
+                writer.write(step, evaluated)
+            if save or sigterm:
+                writer.flush()  # the logs of every step the checkpoint covers are on disk first
+                _save(mngr, step, state, opt_state, {"step": step, "loader": train_loader.state})
+            if sigterm:
+                mngr.wait_until_finished()
+                mngr.close()
+                writer.close()
+                raise Preempted(f"SIGTERM: saved checkpoint at step {step}; exiting")
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
@@ -539,7 +559,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, fv = parse_config_flags(
         argv, prog="python -m infalign_jax.sft", example="configs/sft_hh_tiny.py", define_flags=define
     )
-    results = train(config, fv.workdir, fv.overwrite)
+    try:
+        results = train(config, fv.workdir, fv.overwrite)
+    except Preempted as e:  # the same command resumes from the checkpoint it saved
+        print(str(e), file=sys.stderr)
+        return EXIT_PREEMPTED
     summary = {k: v for k, v in results.items() if k != "samples"}
     print(json.dumps(summary, indent=2))
     return 0

@@ -11,8 +11,8 @@ Invalid configs fail before anything runs (status 2). Outputs: ``W/metrics.jsonl
 
 from __future__ import annotations
 
+import contextlib
 import json
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +36,7 @@ from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedur
 from infalign_jax.io_utils import atomic_write_json, check_directory_path, ensure_writable_dir
 from infalign_jax.mesh import DATA, make_mesh
 from infalign_jax.metrics_log import MetricsWriter
+from infalign_jax.preemption import EXIT_PREEMPTED, Preempted, sigterm_flag
 from infalign_jax.seeds import seed_key
 
 
@@ -52,15 +53,10 @@ PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict, StepConfig], CtrlProble
     "hh": _hh_problem,
 }
 EXIT_NONFINITE = 1
-EXIT_PREEMPTED = 143
 
 
 class NonFiniteError(RuntimeError):
     """A step produced a NaN/Inf reward, loss or gradient; nothing of that step was saved."""
-
-
-class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint of the last completed step was saved before raising."""
 
 
 def auto_exponential(procedure: str, kl_budget: float) -> tuple[Transform, float]:
@@ -114,9 +110,11 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
     return cfg
 
 
-# Config keys (or sections) a resumed run may change: run length and bookkeeping, execution choices that give
-# the same numbers (the mesh — checkpoints restore onto any mesh —, phased vs fused steps, the calibration
-# kernel), and the bandit's fault injection (tests resume a clean run with a NaN reward switched on).
+# Config keys (or sections) a resumed run may change: run length (only under a constant learning rate, see
+# check_resumable) and bookkeeping, execution choices that give the same numbers up to float rounding (the
+# mesh — checkpoints restore onto any mesh; reductions then run in another order, ~1e-6 —, phased vs fused
+# steps, the calibration kernel), and the bandit's fault injection (tests resume a clean run with a NaN reward
+# switched on).
 RESUMABLE_KEYS = ("num_steps", "checkpoint_every", "max_to_keep", "progress", "mesh", "step_mode")
 RESUMABLE_KEYS += ("calibration_method", "bandit.nan_response")
 
@@ -127,11 +125,21 @@ def check_resumable(saved: dict | None, config: ml_collections.ConfigDict, workd
     settings. A checkpoint without a saved config is not checked."""
     if not saved:
         return
-    new = run_settings.flatten(json.loads(json.dumps(config.to_dict())))
-    if changed := run_settings.diffs(run_settings.flatten(saved), new, ignore=RESUMABLE_KEYS):
+    old, new = run_settings.flatten(saved), run_settings.flatten(json.loads(json.dumps(config.to_dict())))
+    if changed := run_settings.diffs(old, new, ignore=RESUMABLE_KEYS):
         raise UsageError(
             f"{workdir} holds a run with other settings ({run_settings.summary(changed)}); resuming it would "
             f"mix them — use another workdir (a resumed run may change only {', '.join(RESUMABLE_KEYS)})"
+        )
+    if old.get("num_steps") != new["num_steps"] and config.optim.schedule != "constant":
+        # The decay of a cosine / linear schedule is spread over num_steps: continuing a 200-step run to 400
+        # steps would give neither the 200-step nor the 400-step run (its lr already decayed), yet be reported
+        # as the latter. Under a constant lr (after warmup) the extended run equals one of the longer length.
+        raise UsageError(
+            f"{workdir} holds a run of num_steps {old.get('num_steps')}; with optim.schedule "
+            f"{config.optim.schedule!r} the learning rate of every step depends on num_steps, so resuming it "
+            f"with num_steps {new['num_steps']} would not give a {new['num_steps']}-step run — use another "
+            "workdir (only runs with optim.schedule='constant' may be extended)"
         )
 
 
@@ -158,15 +166,6 @@ def _mesh(config):
             f"({mesh.shape[DATA]} devices): the prompt batch is sharded over it"
         )
     return mesh
-
-
-def _any_process(flag: bool) -> bool:
-    """``flag`` of ANY process (a host all-gather; just ``flag`` on one process). The processes of a run must
-    agree on saving and stopping: with SIGTERM seen one step apart, one process entered the checkpoint save
-    (a collective) while the other ran the next step (another collective), and both hung unsaved."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def host_tree(tree):
@@ -225,44 +224,46 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
     meta = {"config": config.to_dict()}
     step_fn = trainer.phased_step if config.step_mode == "phased" else trainer.train_step
 
-    stop = {"sigterm": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
     times = []
     try:
-        while int(state.step) < config.num_steps:
-            step = int(state.step) + 1
-            batch = trainer.shard_batch(problem.batch(int(state.data_pos)))
-            t0 = time.perf_counter()
-            state, metrics = step_fn(state, batch, trainer.step_rng(state))
-            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            m.setdefault("time/step", time.perf_counter() - t0)
-            if m["finite"] != 1.0:
-                raise NonFiniteError(
-                    f"non-finite reward, loss or gradient at step {step} (raw reward mean "
-                    f"{m['reward/raw_mean']}, loss {m['loss']}); stopped without saving — last checkpoint: "
-                    f"step {ckpt.latest_step()}"
-                )
-            writer.write(step, m)
-            times.append({k: v for k, v in m.items() if k.startswith("time/")})
-            sigterm = _any_process(stop["sigterm"])
-            if ckpt.should_save(step) or step == config.num_steps or sigterm:
-                writer.flush()  # the logs of every step the checkpoint covers are on disk first
-                ckpt.save(state, meta)
-            if sigterm:
-                ckpt.wait()
-                raise Preempted(f"SIGTERM: saved checkpoint at step {step}; exiting")
+        with sigterm_flag() as sigterm_requested:
+            while int(state.step) < config.num_steps:
+                step = int(state.step) + 1
+                batch = trainer.shard_batch(problem.batch(int(state.data_pos)))
+                t0 = time.perf_counter()
+                state, metrics = step_fn(state, batch, trainer.step_rng(state))
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                m.setdefault("time/step", time.perf_counter() - t0)
+                if m["finite"] != 1.0:
+                    raise NonFiniteError(
+                        f"non-finite reward, loss or gradient at step {step} (raw reward mean "
+                        f"{m['reward/raw_mean']}, loss {m['loss']}); stopped without saving — last "
+                        f"checkpoint: step {ckpt.latest_step()}"
+                    )
+                writer.write(step, m)
+                times.append({k: v for k, v in m.items() if k.startswith("time/")})
+                sigterm = sigterm_requested()  # every process, every step: they must agree
+                if ckpt.should_save(step) or step == config.num_steps or sigterm:
+                    writer.flush()  # the logs of every step the checkpoint covers are on disk first
+                    ckpt.save(state, meta)
+                if sigterm:
+                    ckpt.wait()
+                    raise Preempted(f"SIGTERM: saved checkpoint at step {step}; exiting")
     finally:
-        signal.signal(signal.SIGTERM, previous)
         writer.close()
         ckpt.close()
     result = None
+    written = workdir / "final_eval.json"
+    if start == config.num_steps and written.is_file():  # a finished run rerun: keep what it wrote
+        with contextlib.suppress(OSError, ValueError):  # (its step times included); unreadable: redo it
+            return json.loads(written.read_text())
     if problem.final_eval is not None:
         result = problem.final_eval(host_tree(state.params))
         if times[1:]:
             result["time_ms"] = {k[5:]: 1e3 * float(np.median([t[k] for t in times[1:]])) for k in times[1]}
         result.update({"steps": int(state.step), "transform": cfg.transform.spec, "beta": cfg.loss.beta})
         if main_proc:
-            atomic_write_json(workdir / "final_eval.json", result)
+            atomic_write_json(written, result)
     return result
 
 

@@ -197,10 +197,10 @@ def test_adam_moments_are_sharded_like_their_parameters():
 
 if __name__ == "__main__":  # the worker of test_two_processes_match_one
     (out,) = init_worker(sys.argv)
-    from infalign_jax.train import _any_process  # the trainer's SIGTERM agreement: any process's flag
+    from infalign_jax.preemption import any_process  # the trainers' SIGTERM agreement: any process's flag
 
-    assert _any_process(jax.process_index() == 0) and _any_process(jax.process_index() == 1)
-    assert not _any_process(False)
+    assert any_process(jax.process_index() == 0) and any_process(jax.process_index() == 1)
+    assert not any_process(False)
     loss, params, _, _, _ = _run(make_mesh(2, 2))
     if jax.process_index() == 0:
         np.savez(out, loss=loss, params=params)

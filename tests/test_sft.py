@@ -127,6 +127,87 @@ def test_same_seed_same_params_and_resume_equals_uninterrupted(prepared, tmp_pat
     assert [r["step"] for r in metrics_rows(c) if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
+def test_metrics_resume_with_checkpoints_between_log_rows_and_num_steps_under_decay(prepared, tmp_path):
+    """checkpoint_every 2, log_every 4: a run resumed from checkpoint 2 logged the step-4 train loss as the
+    mean of steps 3-4 (the losses since the last row were not checkpointed), not of 1-4 (review of
+    2026-11-27); every checkpoint now also writes a row. And with a decaying learning rate (end_lr_fraction
+    < 1) a changed num_steps is refused: the cosine is spread over it."""
+    cfg = dict(log_every=4, checkpoint_every=2, keep_checkpoints=5)
+    train(tiny(prepared, **cfg), str(tmp_path / "a"))
+    b = tmp_path / "b"
+    train(tiny(prepared, **cfg), str(b))
+    for p in (b / "checkpoints" / "4", b / "checkpoints" / "6", b / "export"):
+        shutil.rmtree(p)  # as if killed right after checkpoint 2
+    train(tiny(prepared, **cfg), str(b))
+    assert metrics_rows(b) == metrics_rows(tmp_path / "a")
+    assert [r["step"] for r in metrics_rows(b) if "train_loss" in r] == [2, 4, 6]
+
+    wd = tmp_path / "decay"
+    train(tiny(prepared, num_steps=2, checkpoint_every=1, end_lr_fraction=0.1), str(wd))
+    shutil.rmtree(wd / "export")  # unfinished: a rerun resumes it
+    before = snapshot(wd)
+    with pytest.raises(UsageError, match=r"num_steps: 2 -> 4, with the learning rate decaying over it"):
+        train(tiny(prepared, num_steps=4, checkpoint_every=1, end_lr_fraction=0.1), str(wd))
+    assert snapshot(wd) == before
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(prepared, tmp_path, repo_root):
+    """SFT had no SIGTERM handler: a preempted VM lost every step since the last checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    wd = tmp_path / "term"
+    overrides = {
+        "data_dir": prepared / "data",
+        "tokenizer_path": prepared / "tok",
+        "model.hidden_size": 32,
+        "model.intermediate_size": 64,
+        "model.num_layers": 1,
+        "model.num_heads": 2,
+        "model.num_kv_heads": 1,
+        "model.head_dim": 16,
+        "max_len": 32,
+        "max_prompt_len": 16,
+        "buckets": "(32,)",
+        "batch_size": 8,
+        "num_steps": 100000,
+        "log_every": 1,
+        "eval_every": 100000,
+        "checkpoint_every": 100000,
+        "num_samples": 0,
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "infalign_jax.sft",
+        "--config",
+        "configs/sft_hh_tiny.py",
+        "--workdir",
+        str(wd),
+    ]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    proc = subprocess.Popen(
+        cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ}
+    )
+    metrics = wd / "metrics.jsonl"
+    try:
+        t0 = time.time()
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.time() - t0 < 300, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    last = metrics_rows(wd)[-1]["step"]
+    assert f"SIGTERM: saved checkpoint at step {last}; exiting" in err
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [last]
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

@@ -92,20 +92,35 @@ def test_cli_invalid_config_exits_2_and_writes_nothing(repo_root, tmp_path):
 
 def test_resume_refuses_other_settings(repo_root, tmp_path):
     """A workdir's checkpoint records the config: resuming with other settings (here β) is refused before
-    anything is written; a longer run (num_steps) on the same settings resumes."""
+    anything is written. A longer run (num_steps) resumes only under a constant learning rate: with the
+    bandit config's cosine schedule, 2 steps continued to 4 gave params 0.09 away from a 4-step run's yet
+    reported them as one (review of 2026-11-27)."""
     work = tmp_path / "w"
     train(tiny_config(repo_root, num_steps=2), work)
     metrics = (work / "metrics.jsonl").read_text()
     with pytest.raises(UsageError, match=r"other settings \(beta: 0.338 -> 0.5\)"):
         train(tiny_config(repo_root, num_steps=4, beta=0.5), work)
+    with pytest.raises(UsageError, match="num_steps 2; with optim.schedule 'cosine' .* a 4-step run"):
+        train(tiny_config(repo_root, num_steps=4), work)
     assert (work / "metrics.jsonl").read_text() == metrics and max(_ckpt_steps(work)) == 2
-    train(tiny_config(repo_root, num_steps=4), work)
+
+    constant = {"optim.schedule": "constant", "optim.warmup_steps": 1}
+    train(tiny_config(repo_root, num_steps=4, **constant), tmp_path / "ref")
+    work = tmp_path / "constant"
+    train(tiny_config(repo_root, num_steps=2, **constant), work)
+    train(tiny_config(repo_root, num_steps=4, **constant), work)
     assert max(_ckpt_steps(work)) == 4
+    np.testing.assert_array_equal(final_logits(work, 4), final_logits(tmp_path / "ref", 4))
     # A SHORTER run on it used to report the 4-step policy as a 2-step one (final_eval.json "steps": 4).
     metrics = (work / "metrics.jsonl").read_text()
     with pytest.raises(UsageError, match="trained for 4 steps, more than num_steps 2"):
-        train(tiny_config(repo_root, num_steps=2), work)
+        train(tiny_config(repo_root, num_steps=2, **constant), work)
     assert (work / "metrics.jsonl").read_text() == metrics
+    # Rerunning the finished run returns what it wrote, untouched: the rewrite used to drop its step times.
+    written = (work / "final_eval.json").read_bytes()
+    assert "time_ms" in json.loads(written)
+    assert train(tiny_config(repo_root, num_steps=4, **constant), work) == json.loads(written)
+    assert (work / "final_eval.json").read_bytes() == written
 
 
 def test_workdir_under_a_file_and_bad_bandit_sizes_are_usage_errors(repo_root, tmp_path):
@@ -171,12 +186,12 @@ def test_auto_t_picks_solver_exponential(repo_root):
 
 
 def test_nan_reward_stops_without_checkpoint(repo_root, tmp_path):
-    train(tiny_config(repo_root, num_steps=10, checkpoint_every=5), tmp_path)
+    constant = {"optim.schedule": "constant"}  # a run that may be extended
+    train(tiny_config(repo_root, num_steps=10, checkpoint_every=5, **constant), tmp_path)
     assert RunCheckpointer(tmp_path, 0).latest_step() == 10
+    nan = {"bandit.nan_response": 0, **constant}
     with pytest.raises(NonFiniteError, match="non-finite reward.*step 11.*last checkpoint: step 10"):
-        train(
-            tiny_config(repo_root, num_steps=20, checkpoint_every=1, **{"bandit.nan_response": 0}), tmp_path
-        )
+        train(tiny_config(repo_root, num_steps=20, checkpoint_every=1, **nan), tmp_path)
     assert RunCheckpointer(tmp_path, 0).latest_step() == 10
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 10
