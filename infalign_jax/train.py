@@ -6,7 +6,8 @@
 Rerunning with the same ``--workdir`` resumes from the latest checkpoint. SIGTERM saves a checkpoint and exits
 with status 143. A non-finite reward, loss or gradient stops the run (status 1) without writing a checkpoint.
 Invalid configs fail before anything runs (status 2). Outputs: ``W/metrics.jsonl``, ``W/tb/``,
-``W/checkpoints/``, and ``W/final_eval.json`` when the task defines an evaluation.
+``W/checkpoints/``, ``W/export/`` when the task defines an export (the LM task: the trained policy in the
+transformers layout), and ``W/final_eval.json`` when it defines an evaluation.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict, StepConfig], CtrlProble
     "hh": _hh_problem,
 }
 EXIT_NONFINITE = 1
+EXPORT_DIR = (
+    "export"  # the trained policy, for tasks that define an export (the LM task: transformers layout)
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -257,8 +261,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
     if start == config.num_steps and written.is_file():  # a finished run rerun: keep what it wrote
         with contextlib.suppress(OSError, ValueError):  # (its step times included); unreadable: redo it
             return json.loads(written.read_text())
+    if problem.export is None and problem.final_eval is None:
+        return None
+    host_params = host_tree(state.params)  # a collective on several processes: every process gathers
+    if problem.export is not None and main_proc:  # before final_eval.json: that one marks a finished run
+        problem.export(host_params, workdir / EXPORT_DIR)
     if problem.final_eval is not None:
-        result = problem.final_eval(host_tree(state.params))
+        result = problem.final_eval(host_params)
         if times[1:]:
             result["time_ms"] = {k[5:]: 1e3 * float(np.median([t[k] for t in times[1:]])) for k in times[1]}
         result.update({"steps": int(state.step), "transform": cfg.transform.spec, "beta": cfg.loss.beta})

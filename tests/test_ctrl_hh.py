@@ -239,10 +239,14 @@ def test_two_ctrl_steps_end_to_end(parts, table_dir, repo_root, tmp_path):
         assert 0.0 <= r["u/mean"] <= 1.0 and r["finite"] == 1.0 and r["grad_norm"] > 0
 
     trained = RunCheckpointer(wd, 0).restore_raw(2)["params"]
-    model, _ = from_pretrained(parts["policy"])
+    model, sft_tok = from_pretrained(parts["policy"])
     initial = jax.tree.map(np.asarray, model.params())
     moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), trained, initial)
     assert max(jax.tree.leaves(moved)) > 1e-4
+    # The trained policy is exported for users (there was no documented way to take it away).
+    exported, tok = from_pretrained(wd / "export")
+    assert exported.config == model.config and tok.get_vocab() == sft_tok.get_vocab()
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, exported.params()), trained)
 
 
 def _exit_code(main, args) -> int:

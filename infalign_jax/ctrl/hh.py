@@ -194,7 +194,17 @@ def build_problem(config, step_cfg) -> CtrlProblem:
         env=parts.env,
         batch=PromptBatches(parts.prompts, int(config.prompts_per_step), table),
         final_eval=final_eval,
+        export=functools.partial(export_policy, parts),
     )
+
+
+def export_policy(parts: HHComponents, params, path: Path) -> None:
+    """Writes the trained policy ``params`` (host pytree) with the SFT tokenizer to ``path`` in the
+    transformers layout (``models.from_pretrained`` and transformers load it); replaces an earlier export."""
+    from infalign_jax.models import save_pretrained
+    from infalign_jax.models.hf_io import model_from_params
+
+    save_pretrained(model_from_params(parts.policy.config, params), parts.tokenizer, path, overwrite=True)
 
 
 def chunked_rewards(

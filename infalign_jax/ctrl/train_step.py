@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
@@ -447,7 +448,9 @@ class CtrlProblem:
     """What the CLI needs to train on a task: the pluggable policy and scorer, initial host pytrees, the data.
 
     ``batch(position)`` returns the host (numpy) batch at a data position, identical on every process;
-    ``final_eval(host_params)`` (optional) returns a JSON-able dict written to ``<workdir>/final_eval.json``.
+    ``final_eval(host_params)`` (optional) returns a JSON-able dict written to ``<workdir>/final_eval.json``;
+    ``export(host_params, path)`` (optional) writes the trained policy in a form users take away (the LM task:
+    a transformers-layout directory, ``<workdir>/export``), called once the last step is done.
     """
 
     policy: Policy
@@ -457,3 +460,4 @@ class CtrlProblem:
     env: PyTree
     batch: Callable[[int], PyTree]
     final_eval: Callable[[PyTree], dict] | None = None
+    export: Callable[[PyTree, Path], None] | None = None
