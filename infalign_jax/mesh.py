@@ -18,6 +18,8 @@ DATA, FSDP = "data", "fsdp"
 def make_mesh(data: int | None = None, fsdp: int = 1, devices=None) -> Mesh:
     """A ('data', 'fsdp') mesh over ``devices`` (default: all). ``data=None`` uses all remaining devices."""
     devices = list(jax.devices() if devices is None else devices)
+    if fsdp < 1 or (data is not None and data < 1) or not devices:
+        raise ValueError(f"a mesh needs data >= 1, fsdp >= 1 and devices, got data={data}, fsdp={fsdp}")
     if data is None:
         if len(devices) % fsdp:
             raise ValueError(f"fsdp={fsdp} does not divide the {len(devices)} devices")

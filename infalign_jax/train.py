@@ -104,8 +104,10 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
         raise UsageError(f"unknown problem {config.problem!r}; expected one of {sorted(PROBLEMS)}")
     if config.num_steps < 1 or config.prompts_per_step < 1:
         raise UsageError("num_steps and prompts_per_step must be >= 1")
-    for name, least in (("checkpoint_every", 0), ("max_to_keep", 1), ("optim.warmup_steps", 0)):
-        value = config[name] if "." not in name else config.optim[name.split(".")[1]]
+    integers = (("checkpoint_every", 0), ("max_to_keep", 1), ("optim.warmup_steps", 0))
+    integers += (("mesh.data", 0), ("mesh.fsdp", 1))  # fsdp=0 built a mesh of no devices (then a SIGABRT)
+    for name, least in integers:
+        value = config[name] if "." not in name else config[name.split(".")[0]][name.split(".")[1]]
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             # max_to_keep 0 kept no checkpoint (nothing to resume); a negative warmup stretched the decay
             raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")

@@ -75,6 +75,8 @@ def final_logits(workdir, step):
         ({"max_to_keep": 0}, "max_to_keep must be an integer >= 1, got 0"),  # kept no checkpoint
         ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0"),  # 0: the final step only
         ({"optim.warmup_steps": -5}, "optim.warmup_steps must be an integer >= 0, got -5"),
+        ({"mesh.fsdp": 0}, "mesh.fsdp must be an integer >= 1, got 0"),  # was a SIGABRT in put_global
+        ({"mesh.data": -1}, "mesh.data must be an integer >= 0, got -1"),  # said "needs -1 devices"
     ],
 )
 def test_invalid_configs_fail_at_start(repo_root, override, message):
