@@ -136,3 +136,39 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     sys.exit(code or 0)
+
+
+def define_distributed_flags(fv) -> None:
+    """``--distributed`` (+ ``--coordinator``, ``--num_processes``, ``--process_id`` for manual runs), for
+    :func:`parse_config_flags`'s ``define_flags``; :func:`initialize_distributed` acts on them."""
+    from absl import flags
+
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() first (auto-detected on TPU pods / SLURM).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "coordinator", None, "host:port of process 0 (manual multi-process runs).", flag_values=fv
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes (manual runs).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's id (manual runs).", flag_values=fv)
+
+
+def initialize_distributed(fv) -> None:
+    """``jax.distributed.initialize`` when ``--distributed`` was given (with the manual coordinator settings,
+    if any); a no-op otherwise. Call it before anything touches the devices."""
+    if not fv.distributed:
+        return
+    import jax
+
+    kwargs = {}
+    if fv.coordinator:
+        kwargs = dict(
+            coordinator_address=fv.coordinator,
+            num_processes=fv.num_processes,
+            process_id=fv.process_id,
+            coordinator_bind_address=fv.coordinator,
+        )
+    jax.distributed.initialize(**kwargs)

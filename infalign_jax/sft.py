@@ -41,7 +41,13 @@ import optax
 from flax import nnx
 
 from infalign_jax import run_settings
-from infalign_jax.cli import UsageError, parse_config_flags, run_main
+from infalign_jax.cli import (
+    UsageError,
+    define_distributed_flags,
+    initialize_distributed,
+    parse_config_flags,
+    run_main,
+)
 from infalign_jax.io_utils import atomic_write_json, check_directory_path
 from infalign_jax.preemption import EXIT_PREEMPTED, Preempted, sigterm_flag
 from infalign_jax.seeds import check_seed
@@ -555,10 +561,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workdir", None, "output directory (default: the config's workdir)", flag_values=fv
         )
         flags.DEFINE_bool("overwrite", False, "replace a finished run in workdir", flag_values=fv)
+        define_distributed_flags(fv)
 
     config, fv = parse_config_flags(
         argv, prog="python -m infalign_jax.sft", example="configs/sft_hh_tiny.py", define_flags=define
     )
+    initialize_distributed(fv)
     try:
         results = train(config, fv.workdir, fv.overwrite)
     except Preempted as e:  # the same command resumes from the checkpoint it saved

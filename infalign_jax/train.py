@@ -28,7 +28,13 @@ from jax.experimental import multihost_utils
 from infalign_jax import run_settings
 from infalign_jax.analytic.procedures import parse_procedure
 from infalign_jax.analytic.solver import best_exponential
-from infalign_jax.cli import UsageError, parse_config_flags, run_main
+from infalign_jax.cli import (
+    UsageError,
+    define_distributed_flags,
+    initialize_distributed,
+    parse_config_flags,
+    run_main,
+)
 from infalign_jax.ctrl import bandit
 from infalign_jax.ctrl.checkpoint import RunCheckpointer
 from infalign_jax.ctrl.objective import LossConfig
@@ -281,17 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
 def _define_flags(fv) -> None:
     """The trainer's flags besides ``--config`` (see :func:`~infalign_jax.cli.parse_config_flags`)."""
     flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds checkpoints).", flag_values=fv)
-    flags.DEFINE_bool(
-        "distributed",
-        False,
-        "Call jax.distributed.initialize() first (auto-detected on TPU pods / SLURM).",
-        flag_values=fv,
-    )
-    flags.DEFINE_string(
-        "coordinator", None, "host:port of process 0 (manual multi-process runs).", flag_values=fv
-    )
-    flags.DEFINE_integer("num_processes", None, "Number of processes (manual runs).", flag_values=fv)
-    flags.DEFINE_integer("process_id", None, "This process's id (manual runs).", flag_values=fv)
+    define_distributed_flags(fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -305,16 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not fv.workdir:
         raise UsageError("--workdir is required")
-    if fv.distributed:
-        kwargs = {}
-        if fv.coordinator:
-            kwargs = dict(
-                coordinator_address=fv.coordinator,
-                num_processes=fv.num_processes,
-                process_id=fv.process_id,
-                coordinator_bind_address=fv.coordinator,
-            )
-        jax.distributed.initialize(**kwargs)
+    initialize_distributed(fv)
     try:
         train(config, fv.workdir)
     except NonFiniteError as e:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from two_processes import init_worker, run_workers
+from two_processes import run_workers
 
 from infalign_jax.cli import UsageError, run_main
 from infalign_jax.cli import load_config_file as load_config
@@ -31,18 +31,30 @@ def prepared(hh_dir, tmp_path_factory):
     return root
 
 
+TINY_MODEL = dict(
+    hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16
+)
+TINY = dict(max_len=32, max_prompt_len=16, buckets=(32,), batch_size=8, num_steps=6, learning_rate=1e-2)
+TINY.update(warmup_steps=0, end_lr_fraction=1.0, log_every=1, eval_every=100, checkpoint_every=3)
+TINY.update(num_samples=0, seed=3)
+
+
 def tiny(prepared, **kw):
     c = load_config("configs/sft_hh_tiny.py")
     c.data_dir = str(prepared / "data")
     c.tokenizer_path = str(prepared / "tok")
-    c.model.update(
-        hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16
-    )
-    c.update(max_len=32, max_prompt_len=16, buckets=(32,), batch_size=8, num_steps=6, learning_rate=1e-2)
-    c.update(warmup_steps=0, end_lr_fraction=1.0, log_every=1, eval_every=100, checkpoint_every=3)
-    c.update(num_samples=0, seed=3)
+    c.model.update(**TINY_MODEL)
+    c.update(**TINY)
     c.update(**kw)
     return c
+
+
+def cli_args(prepared, **kw) -> list[str]:
+    """The command-line form of :func:`tiny` (``python -m infalign_jax.sft`` arguments, no --workdir)."""
+    values = {"data_dir": prepared / "data", "tokenizer_path": prepared / "tok"}
+    values.update({f"model.{k}": v for k, v in TINY_MODEL.items()})
+    values.update({**TINY, **kw})
+    return ["--config", "configs/sft_hh_tiny.py", *(f"--config.{k}={v}" for k, v in values.items())]
 
 
 def snapshot(root) -> dict:
@@ -159,35 +171,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(prepared, tmp_path, repo_root)
     import time
 
     wd = tmp_path / "term"
-    overrides = {
-        "data_dir": prepared / "data",
-        "tokenizer_path": prepared / "tok",
-        "model.hidden_size": 32,
-        "model.intermediate_size": 64,
-        "model.num_layers": 1,
-        "model.num_heads": 2,
-        "model.num_kv_heads": 1,
-        "model.head_dim": 16,
-        "max_len": 32,
-        "max_prompt_len": 16,
-        "buckets": "(32,)",
-        "batch_size": 8,
-        "num_steps": 100000,
-        "log_every": 1,
-        "eval_every": 100000,
-        "checkpoint_every": 100000,
-        "num_samples": 0,
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "infalign_jax.sft",
-        "--config",
-        "configs/sft_hh_tiny.py",
-        "--workdir",
-        str(wd),
-    ]
-    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    big = dict(num_steps=100000, eval_every=100000, checkpoint_every=100000)
+    cmd = [sys.executable, "-m", "infalign_jax.sft", *cli_args(prepared, **big), "--workdir", str(wd)]
     proc = subprocess.Popen(
         cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ}
     )
@@ -338,7 +323,8 @@ def test_overwrite_starts_from_scratch_with_a_new_tokenizer(prepared, tmp_path):
 
 
 def test_two_processes_match_one(prepared, tmp_path, repo_root):
-    """SFT as 2 jax.distributed processes on 127.0.0.1 (2 CPU devices each; process 0 alone writes, the
+    """SFT as 2 jax.distributed processes on 127.0.0.1, each started through the CLI with --distributed
+    --coordinator ... (2 CPU devices each; process 0 alone writes, the
     other waits at the workdir barrier) gives the run of one process on 8 devices: train and eval loss to 1e-6
     (float32 roundoff of another reduction order: 5e-7 measured), parameters to 2e-4 (Adam's 1/sqrt(v) turns
     roundoff of tiny gradients into relative changes of lr-sized steps; 8e-5 measured after 6 steps at lr
@@ -353,7 +339,10 @@ def test_two_processes_match_one(prepared, tmp_path, repo_root):
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 2e-4
 
 
-if __name__ == "__main__":  # the worker of test_two_processes_match_one
-    root, work = init_worker(sys.argv)
-    train(tiny(Path(root)), work)
+if __name__ == "__main__":  # the worker of test_two_processes_match_one: the CLI with --distributed
+    pid, port, root, work = sys.argv[1:]
+    jax.config.update("jax_num_cpu_devices", 2)
+    dist = ["--distributed", f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"]
+    assert main([*cli_args(Path(root)), "--workdir", work, *dist]) == 0
+    assert jax.process_count() == 2 and jax.device_count() == 4
     jax.distributed.shutdown()
