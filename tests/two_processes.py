@@ -1,7 +1,8 @@
 """Runs a test file as 2 jax.distributed worker processes on 127.0.0.1 (2 CPU devices each).
 
 The test calls :func:`run_workers` ``(script, *args)``; each worker is ``python script PROCESS_ID PORT *args``
-and usually starts with :func:`init_worker` (or passes PORT to a CLI's --coordinator). Workers get the environment without the suite's fake-device XLA flags.
+and usually starts with :func:`init_worker` (or passes PORT to a CLI's --coordinator). Workers get the
+environment without the suite's fake-device XLA flags.
 """
 
 from __future__ import annotations
