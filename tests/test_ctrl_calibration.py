@@ -42,9 +42,12 @@ def test_methods_agree_on_random_and_ties():
     np.testing.assert_allclose(np.asarray(a), np.asarray(expect), atol=0)
 
 
-def test_calibrate_checked_sorts_and_rejects_nan():
-    u = calibrate_checked(np.array([[2.5]]), np.array([[3.0, 1.0, 2.0]]))
-    np.testing.assert_allclose(np.asarray(u), [[2 / 3]])
+@pytest.mark.parametrize("method", ["searchsorted", "broadcast"])
+def test_calibrate_checked_sorts_and_rejects_nan(method):
+    # searchsorted needs the reference sorted (broadcast counts in any order): an unsorted [3, 1, 2] would
+    # give [[1, 0, 1]] there if calibrate_checked stopped sorting (mutation review, 2026-11-27).
+    u = calibrate_checked(np.array([[2.5, 0.5, 3.5]]), np.array([[3.0, 1.0, 2.0]]), method)
+    np.testing.assert_allclose(np.asarray(u), [[2 / 3, 0.0, 1.0]])
     with pytest.raises(UsageError, match="policy rewards.*non-finite"):
         calibrate_checked(np.array([[np.nan]]), np.array([[1.0]]))
     with pytest.raises(UsageError, match="reference rewards.*non-finite"):

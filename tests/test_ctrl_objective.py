@@ -79,3 +79,24 @@ def test_k3_term():
 def test_invalid_loss_config(kw):
     with pytest.raises(UsageError):
         LossConfig(**kw).validate()
+
+
+def test_k3_follows_loss_norm_and_unclipped_tokens_are_not_counted_as_clipped():
+    """k3 under loss_norm='sequence' sums each sequence's tokens and averages over sequences (the other k3
+    test has one token per sequence, where it equals the token mean); and ratio 1 (PPO's first epoch) clips
+    nothing. Hand-computed: token (0, 0, 0) has π_ref/π = 0.5/0.25 = 2, so k3 = 2 − ln 2 − 1; the other two
+    unmasked tokens have ratio 1 (k3 = 0)."""
+    logp = jnp.log(jnp.array([[[0.25, 0.5], [0.5, 0.9]]]))
+    ref = jnp.log(jnp.array([[[0.5, 0.5], [0.5, 0.1]]]))
+    mask = jnp.array([[[1, 1], [1, 0]]])
+    adv = jnp.zeros((1, 2))
+    k3_0 = 1.0 - np.log(2.0)
+    for norm, k3_mean in (("sequence", k3_0 / 2), ("token", k3_0 / 3)):
+        loss, aux = pg_loss(logp, logp, ref, mask, adv, LossConfig(beta=0.5, kl_mode="k3", loss_norm=norm))
+        np.testing.assert_allclose(float(aux["k3_kl"]), k3_mean, rtol=1e-6)
+        np.testing.assert_allclose(float(loss), 0.5 * k3_mean, rtol=1e-6)
+    old = jnp.log(jnp.full((1, 2, 3), 0.5))
+    _, aux = pg_loss(
+        old, old, old, jnp.ones((1, 2, 3)), jnp.array([[1.0, -1.0]]), LossConfig(1.0, clip_eps=0.2)
+    )
+    assert float(aux["clip_frac"]) == 0.0

@@ -102,6 +102,24 @@ def test_sharding_invariance_and_phased_equals_fused():
         np.testing.assert_allclose(params, p1, atol=1e-5)
 
 
+def test_policy_and_reference_samples_use_independent_keys():
+    """Online mode at π = π_ref: with one key for both, the S policy samples of prompt 0 were the first S of
+    its K reference samples (threefry's counters of shapes (P, S) and (P, K) agree on row 0), so each tied
+    with itself in the calibration (mutation review, 2026-11-27)."""
+    import jax.numpy as jnp
+
+    from infalign_jax.ctrl.train_step import TrainState, phase_sample
+
+    prob = bandit.make_bandit(C, V, 1.0, 3)
+    cfg = StepConfig(parse_transform("identity"), LossConfig(beta=0.2), num_samples=S, num_ref=K)
+    logits = {"logits": jnp.asarray(prob.ref_logits)}
+    state = TrainState(jnp.asarray(0), logits, None, None, jnp.asarray(0), logits, None)
+    out = phase_sample(bandit.TabularPolicy(), cfg, state, prob.batch(0, C), jax.random.key(0))
+    policy, reference = np.asarray(out["samples"]["response"]), np.asarray(out["ref_samples"]["response"])
+    assert policy.shape == (C, S) and reference.shape == (C, K)
+    assert not np.any(np.all(policy == reference[:, :S], axis=1))  # 8 independent draws of 64 atoms
+
+
 def test_nonfinite_reward_leaves_state_unchanged():
     _, params, finite, opt_state, step = _run(make_mesh(1, 1, jax.devices()[:1]), steps=1, nan_response=0)
     assert finite == [0.0] and step == 0

@@ -15,6 +15,7 @@ from infalign_jax.reward.bradley_terry import (
     evaluate_pairs,
     fit_head,
     l2_penalty,
+    make_train_step,
     pairwise_correct,
     select_l2_by_cv,
 )
@@ -38,6 +39,22 @@ def test_bt_loss_stable_for_large_margins():
 
 def test_pairwise_correct_counts_ties_half():
     np.testing.assert_array_equal(pairwise_correct([1.0, 0.0, 2.0], [0.0, 1.0, 2.0]), [1.0, 0.0, 0.5])
+
+
+def test_train_step_metrics_count_ties_half():
+    """The jitted step's training accuracy scored ties as 1/2 only by its own copy of the rule (a mutant
+    counting them as losses survived the suite, 2026-11-27): with the zero-initialized head every pair ties,
+    so the first step reports accuracy 1/2 and loss ln 2."""
+    import optax
+
+    head = ScalarHead(3, 0, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(head, nnx.Param, ...)
+    tx = optax.sgd(0.1)
+    step = make_train_step(graphdef, tx, lambda h, b: (h(b[0]), h(b[1])))
+    batch = (jnp.ones((4, 3)), jnp.zeros((4, 3)))
+    _, _, metrics = jax.jit(step)(params, rest, tx.init(params), batch)
+    assert float(metrics["accuracy"]) == 0.5
+    assert float(metrics["loss"]) == pytest.approx(np.log(2.0), rel=1e-6)
 
 
 def test_bootstrap_ci_matches_binomial_quantiles():
