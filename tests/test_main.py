@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from cli_signals import rows, signal_when
 
 from infalign_jax.cli import UsageError, run_main
 from infalign_jax.main import _method_settings, format_summary, main, run
@@ -97,11 +98,7 @@ def test_other_steps_are_refused_and_sigterm_exits_143(tmp_path):
     """--steps is a setting: the bandit config's cosine learning rate is spread over the run, so a run
     extended from 3 to 6 steps reported a 6-step run's numbers it does not have (0.5775 vs 0.5959 win rate,
     review of 2026-11-27). SIGTERM saved a checkpoint but died with a Preempted traceback (exit 1)."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     first = run("bon:4", 0.3, tmp_path / "w", seed=0, steps=2)
     before = {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()}
@@ -112,20 +109,7 @@ def test_other_steps_are_refused_and_sigterm_exits_143(tmp_path):
 
     work = tmp_path / "term"
     cmd = [sys.executable, "-m", "infalign_jax.main", "--workdir", str(work), "--steps", "100000"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ}
-    )
-    metrics = work / "identity" / "metrics.jsonl"
-    try:
-        t0 = time.time()
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-            assert proc.poll() is None and time.time() - t0 < 300, proc.communicate()[1][-3000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err[-3000:]
+    code, err = signal_when(cmd, lambda: rows(work / "identity" / "metrics.jsonl") >= 3)
+    assert code == 143, err[-3000:]
     assert "SIGTERM: saved checkpoint at step" in err and "Traceback" not in err
     assert any(p.name.isdigit() for p in (work / "identity" / "checkpoints").iterdir())

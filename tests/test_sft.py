@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_signals import rows, signal_when
 from safetensors.numpy import load_file
 from two_processes import run_workers
 
@@ -165,29 +166,11 @@ def test_metrics_resume_with_checkpoints_between_log_rows_and_num_steps_under_de
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(prepared, tmp_path, repo_root):
     """SFT had no SIGTERM handler: a preempted VM lost every step since the last checkpoint."""
-    import os
-    import signal
-    import subprocess
-    import time
-
     wd = tmp_path / "term"
     big = dict(num_steps=100000, eval_every=100000, checkpoint_every=100000)
     cmd = [sys.executable, "-m", "infalign_jax.sft", *cli_args(prepared, **big), "--workdir", str(wd)]
-    proc = subprocess.Popen(
-        cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ}
-    )
-    metrics = wd / "metrics.jsonl"
-    try:
-        t0 = time.time()
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-            assert proc.poll() is None and time.time() - t0 < 300, proc.communicate()[1][-3000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err[-3000:]
+    code, err = signal_when(cmd, lambda: rows(wd / "metrics.jsonl") >= 3, cwd=repo_root)
+    assert code == 143, err[-3000:]
     last = metrics_rows(wd)[-1]["step"]
     assert f"SIGTERM: saved checkpoint at step {last}; exiting" in err
     assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [last]

@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from cli_signals import rows, signal_when, wait_for
 
 from infalign_jax.cli import UsageError, load_config_file
 from infalign_jax.ctrl.checkpoint import RunCheckpointer
@@ -199,14 +199,6 @@ def test_nan_reward_stops_without_checkpoint(repo_root, tmp_path):
     assert max(steps) == 10
 
 
-def _wait_for(predicate, proc, timeout=120):
-    t0 = time.time()
-    while not predicate():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() - t0 < timeout, "timed out"
-        time.sleep(0.01)
-
-
 def _ckpt_steps(workdir):
     d = workdir / "checkpoints"
     return [int(p.name) for p in d.iterdir() if p.name.isdigit()] if d.exists() else []
@@ -217,15 +209,9 @@ def test_sigkill_resume_matches_uninterrupted_run(repo_root, tmp_path):
     train(tiny_config(repo_root), tmp_path / "ref")
     expected = final_logits(tmp_path / "ref", n)
     work = tmp_path / "killed"
-    proc = subprocess.Popen(cli(repo_root, work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: any(s >= 40 for s in _ckpt_steps(work)), proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL and max(_ckpt_steps(work)) < n  # really killed mid-way
+    saved_40 = lambda: any(s >= 40 for s in _ckpt_steps(work))
+    code, _ = signal_when(cli(repo_root, work), saved_40, signal.SIGKILL)
+    assert code == -signal.SIGKILL and max(_ckpt_steps(work)) < n  # really killed mid-way
     res = subprocess.run(cli(repo_root, work), capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     np.testing.assert_allclose(final_logits(work, n), expected, atol=1e-6, rtol=0)
@@ -237,22 +223,9 @@ def test_sigkill_resume_matches_uninterrupted_run(repo_root, tmp_path):
 
 def test_sigterm_saves_before_exit(repo_root, tmp_path):
     work = tmp_path / "term"
-    proc = subprocess.Popen(
-        cli(repo_root, work, checkpoint_every=1000),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ},
-    )
     metrics = work / "metrics.jsonl"
-    try:
-        _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 5, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err[-3000:]
+    code, err = signal_when(cli(repo_root, work, checkpoint_every=1000), lambda: rows(metrics) >= 5)
+    assert code == 143, err[-3000:]
     last = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert _ckpt_steps(work) == [last] and 5 <= last < TINY["num_steps"]
     assert "SIGTERM: saved checkpoint" in err
@@ -314,9 +287,7 @@ def test_sigterm_to_one_of_two_processes_saves_on_both(repo_root, tmp_path):
     ]
     metrics = work / "metrics.jsonl"
     try:
-        _wait_for(
-            lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 5, procs[0], timeout=300
-        )
+        wait_for(lambda: rows(metrics) >= 5, procs[0], timeout=300)
         procs[1].send_signal(signal.SIGTERM)
         errs = [p.communicate(timeout=120)[1] for p in procs]
     finally:
