@@ -288,8 +288,9 @@ def test_scorer_sees_replies_stripped_like_reward_model_training_replies(compone
 
 
 def test_table_meta_tracks_the_weights_not_just_the_paths(parts, repo_root, tmp_path):
-    """An SFT export rewritten in place (same path, new weights) changes the table's recorded metadata, so
-    open_table / calibrate refuse a table built for the old weights."""
+    """An SFT export or reward model rewritten in place (same path, new weights) changes the table's recorded
+    metadata, so open_table / calibrate refuse a table built for the old weights; the same weights saved
+    again do not."""
     import shutil
 
     policy = tmp_path / "policy"
@@ -306,3 +307,21 @@ def test_table_meta_tracks_the_weights_not_just_the_paths(parts, repo_root, tmp_
     assert {k: v for k, v in after.items() if k != "policy_weights_sha256"} == {
         k: v for k, v in before.items() if k != "policy_weights_sha256"
     }
+
+    # The reward model: the same weights saved again (a deterministic rerun of train_rm writes other Orbax
+    # files: timestamps, random names) keep the table valid; one changed weight does not.
+    from infalign_jax.reward import load_reward_model, save_reward_model, weights_digest
+
+    rm_dir = tmp_path / "rm"
+    shutil.copytree(parts["rm"], rm_dir)
+    rm = load_reward_model(rm_dir)
+    files = {p.relative_to(rm_dir): p.read_bytes() for p in (rm_dir / "checkpoint").rglob("*") if p.is_file()}
+    save_reward_model(rm, rm_dir)
+    again = {p.relative_to(rm_dir): p.read_bytes() for p in (rm_dir / "checkpoint").rglob("*") if p.is_file()}
+    assert again != files  # what the old file hash saw
+    assert weights_digest(rm_dir) == weights_digest(parts["rm"])
+    net = rm.net
+    net.head.out.bias[...] = net.head.out.bias[...] + 1e-3
+    rm.set_net(net)
+    save_reward_model(rm, rm_dir)
+    assert weights_digest(rm_dir) != weights_digest(parts["rm"])

@@ -97,10 +97,10 @@ def test_bad_line_error_names_file_and_line_and_skip_counts(tmp_path, bad, reaso
     _write(src / "harmless-base" / "train.jsonl.gz", [_pair("q1", "a", "b"), _pair("q2", "c", "d"), bad])
     with pytest.raises(UsageError, match=rf"harmless-base/train\.jsonl\.gz:3: {message}"):
         build_hh(src, tmp_path / "out")
-    assert not (tmp_path / "out" / "hh_rlhf").exists() or not any((tmp_path / "out" / "hh_rlhf").iterdir())
-    path = build_hh(src, tmp_path / "out", skip_bad=True)
+    assert not (tmp_path / "out").exists()  # nothing written, not even the empty directories
+    path = build_hh(src, tmp_path / "out", skip_bad=True, subsets=None)
     report = json.loads((path / "parse_report.json").read_text())
-    assert report["skipped"] == {reason: 1}
+    assert report["skipped"] == {reason: 1} and report["subsets"] == ["harmless-base"]  # 'all' found these
     assert sum(report["kept"].values()) == 2
     assert len(load_hh("train", tmp_path / "out")) + len(load_hh("eval", tmp_path / "out")) == 2
 

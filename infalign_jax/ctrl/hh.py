@@ -132,14 +132,17 @@ def table_meta(config) -> dict:
     """What a calibration table depends on (stored in its meta.json, checked when training): besides the
     paths, digests of the policy's weights and of the reward model's checkpoint and spec, so that an SFT
     export or a reward model rewritten in place does not pass as the one the table was built for."""
+    from infalign_jax.reward import weights_digest
+
     h = config.hh
     policy_dir, rm_dir = Path(h.policy_path), Path(h.rm_workdir)
-    rm_files = [*(rm_dir / "checkpoint").rglob("*"), rm_dir / "rm_spec.json"]
     return {
         "policy_path": str(policy_dir.resolve()),
         "rm_workdir": str(rm_dir.resolve()),
         "policy_weights_sha256": files_digest(policy_dir, policy_dir.glob("*.safetensors")),
-        "rm_sha256": files_digest(rm_dir, rm_files),
+        # The reward model's content, not its Orbax files: those differ for every save of the same weights
+        # (timestamps, random file names), and a deterministic rerun of train_rm refused the table.
+        "rm_weights_sha256": weights_digest(rm_dir),
         "split": h.split,
         "max_prompt_len": int(h.max_prompt_len),
         "max_new_tokens": int(h.max_new_tokens),
@@ -153,7 +156,7 @@ def open_table(config, prompt_ids):
 
     path = Path(config.hh.table_dir)
     if not (path / "meta.json").exists():
-        raise UsageError(f"no calibration table at {path}; run `{CALIBRATE_COMMAND}` first")
+        raise UsageError(f"no calibration table at {path}; run `{CALIBRATE_COMMAND} --workdir {path}` first")
     table = load_table(path)
     if table.k != config.num_ref:
         raise UsageError(
@@ -164,13 +167,14 @@ def open_table(config, prompt_ids):
     if stale:
         name, (have, need) = next(iter(stale.items()))
         raise UsageError(
-            f"calibration table {path} was built for {name}={have!r}, config has {need!r}; rebuild it"
+            f"calibration table {path} was built for {name}={have!r}, config has {need!r}; rebuild it in a "
+            f"new directory: `{CALIBRATE_COMMAND} --workdir NEW`, then train with --config.hh.table_dir=NEW"
         )
     missing = sorted(set(np.asarray(prompt_ids).tolist()) - set(table.prompt_ids.tolist()))
     if missing:
         raise UsageError(
             f"calibration table {path} lacks {len(missing)} of the prompts (e.g. id {missing[0]}); "
-            f"run `{CALIBRATE_COMMAND}` to complete it"
+            f"run `{CALIBRATE_COMMAND} --workdir {path}` to complete it"
         )
     return table
 

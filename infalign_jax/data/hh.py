@@ -24,6 +24,7 @@ one.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import gzip
 import hashlib
@@ -367,10 +368,8 @@ def build_hh(
     (kept / skipped counts) beside the TFDS files. Bad lines raise
     :class:`UsageError` (with file and line) unless ``skip_bad``.
     """
-    import tensorflow_datasets as tfds
-
     manual = resolve_manual_dir(manual_dir)
-    input_files(manual, subsets)  # fail early, before TFDS, on a missing directory or subset
+    files = input_files(manual, subsets)  # fail early, before TFDS, on a missing directory or subset
     if not 0 < eval_percent < 100:
         raise UsageError(f"eval_percent must be in (0, 100), got {eval_percent}")
     if (Path(data_dir) / "dataset_info.json").exists():
@@ -379,7 +378,21 @@ def build_hh(
             f"{DATASET_NAME}/{VERSION} instead"
         )
     final = dataset_dir(data_dir)
+    new_dirs = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     ensure_writable_dir(final.parent)
+    try:
+        _build_into(final, manual, files, subsets, skip_bad, eval_percent)
+    except BaseException:  # a failed build (e.g. a bad line: exit 2) leaves no directory it created
+        for p in new_dirs:
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only if still empty
+        raise
+    return final
+
+
+def _build_into(final: Path, manual: Path, files, subsets, skip_bad: bool, eval_percent: int) -> None:
+    import tensorflow_datasets as tfds
+
     with atomic_directory(final, replace=_is_earlier_build) as tmp:
         scratch = tmp / "_build"
         builder = _builder_cls()(
@@ -400,12 +413,11 @@ def build_hh(
         report = builder.parse_report.as_dict()
         report.update(
             manual_dir=str(manual),
-            subsets=None if subsets is None else list(subsets),
+            subsets=sorted({f.parent.name for f in files}),  # 'all' records the subsets it found
             eval_percent=eval_percent,
             skip_bad=skip_bad,
         )
         atomic_write_json(tmp / "parse_report.json", report)
-    return final
 
 
 class HHSource:

@@ -1,7 +1,8 @@
 """Reward models: a BERT (all-MiniLM-L6-v2) or decoder backbone + scalar head, Bradley–Terry training.
 
 Public API: :class:`RewardSpec`, :class:`RewardModel` (``score``, ``score_texts``, ``encode``),
-:func:`build_reward_model`, :func:`load_reward_model`, :func:`save_reward_model`, :func:`make_reward_fn`.
+:func:`build_reward_model`, :func:`load_reward_model`, :func:`save_reward_model`, :func:`make_reward_fn`,
+:func:`weights_digest` (content hash of a saved model).
 """
 
 from infalign_jax.reward.model import (
@@ -11,6 +12,7 @@ from infalign_jax.reward.model import (
     load_reward_model,
     make_reward_fn,
     save_reward_model,
+    weights_digest,
 )
 
 __all__ = [
@@ -20,4 +22,5 @@ __all__ = [
     "load_reward_model",
     "make_reward_fn",
     "save_reward_model",
+    "weights_digest",
 ]

@@ -496,10 +496,38 @@ def save_reward_model(rm: RewardModel, path: str | os.PathLike) -> None:
     atomic_write_json(path / SPEC_FILE, rm.spec.to_json())
 
 
-def load_reward_model(workdir: str | os.PathLike, seed: int = 0) -> RewardModel:
-    """Rebuilds the reward model saved by :func:`save_reward_model` (or by ``train_rm`` in ``workdir``)."""
+def _restore_saved(ckpt: Path, target=None):
+    """The arrays of the Orbax checkpoint ``ckpt`` (shaped like ``target``, default: as saved), on THIS
+    process's first device: without a sharding Orbax restores onto the saved one (device 0 of the process
+    that saved), which other processes of a jax.distributed run do not have."""
     import orbax.checkpoint as ocp
 
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as ckptr:
+        if target is None:
+            target = ckptr.metadata(ckpt).item_metadata
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), target)
+        return ckptr.restore(ckpt, abstract)
+
+
+def weights_digest(workdir: str | os.PathLike) -> str:
+    """sha256 of a saved reward model's CONTENT: its spec and its saved arrays (names, dtypes, shapes,
+    values). Unlike a hash of the checkpoint's files it is the same for a deterministic rerun of
+    ``train_rm`` (Orbax writes timestamps and randomly named files), and changes with any weight."""
+    workdir = Path(workdir).resolve()
+    if not (workdir / SPEC_FILE).exists() or not (workdir / CKPT_DIR).exists():
+        raise UsageError(f"no reward model in {workdir} (need {SPEC_FILE} and {CKPT_DIR}/)")
+    spec = json.loads((workdir / SPEC_FILE).read_text())
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for path, leaf in jax.tree_util.tree_leaves_with_path(_restore_saved(workdir / CKPT_DIR)):
+        arr = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def load_reward_model(workdir: str | os.PathLike, seed: int = 0) -> RewardModel:
+    """Rebuilds the reward model saved by :func:`save_reward_model` (or by ``train_rm`` in ``workdir``)."""
     workdir = Path(workdir).resolve()
     spec_path = workdir / SPEC_FILE
     if not spec_path.exists() or not (workdir / CKPT_DIR).exists():
@@ -510,14 +538,7 @@ def load_reward_model(workdir: str | os.PathLike, seed: int = 0) -> RewardModel:
     rm = build_reward_model(spec, seed)
     net = rm.net
     state = nnx.state(net, saved_filter(spec))
-    target = nnx.to_pure_dict(state)
-    # On THIS process's first device: without a sharding Orbax restores to the saved one (device 0 of the
-    # process that saved), which other processes of a jax.distributed run do not have.
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), target)
-    with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(workdir / CKPT_DIR, abstract)
-    nnx.replace_by_pure_dict(state, restored)
+    nnx.replace_by_pure_dict(state, _restore_saved(workdir / CKPT_DIR, nnx.to_pure_dict(state)))
     nnx.update(net, state)
     rm.set_net(net)
     return rm
