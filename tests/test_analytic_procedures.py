@@ -199,6 +199,11 @@ def test_custom_maps_are_validated():
         (lambda F: np.asarray(F) ** 2, "jittable"),
         (lambda F: jnp.log(F - F), "non-finite"),
         (3, "expected a callable"),
+        # Monotone CDF maps the solver cannot differentiate (they returned NaN Φ* with finite W and KL) or
+        # that compute in float32 (a contradictory "not reachable" error later): review of 2026-11-27.
+        (lambda F: jnp.sqrt(F), "non-finite derivative at F = 0"),
+        (lambda F: 1.0 - jnp.sqrt(1.0 - F), "non-finite derivative at F = 1"),
+        (lambda F: F.astype(jnp.float32) ** 2, "must return float64"),
     ]
     for fn, fragment in bad:
         with pytest.raises(UsageError) as e:

@@ -228,3 +228,46 @@ def test_cdf_from_masses_normalizes_exactly():
     with jax.enable_x64(True):
         F = np.asarray(cdf_from_masses(jnp.array([0.1, 0.2, 0.3, 0.4000000000000001])))
     assert F[0] == 0.0 and F[-1] == 1.0 and np.all(F <= 1.0) and np.all(np.diff(F) > 0)
+
+
+def test_wide_beta_range_reaches_won_at_kl_2_and_flags_search_limits():
+    """With β >= 1e-4, won:5-8 and kth:1,8 could not be matched at KL 2 (inside the issue's n <= 8, KL <= 2)
+    and the error blamed the grid; the best exponential for won:2 at KL 2 stopped at β = 1e-4 (W 0.99288 vs
+    0.99301 by quadrature, review of 2026-11-27). A result on the edge of the t / β search now warns."""
+    from infalign_jax.analytic.solver import SearchLimitWarning, at_search_limit
+
+    won6 = match_kl("won:6", 2.0)
+    assert abs(won6.kl - 2.0) < 1e-6 and won6.beta < 1e-4 and won6.residual < 1e-9
+    won2 = best_exponential("won:2", 2.0)
+    assert abs(won2.win_rate - 0.99301) < 1e-5 and won2.beta < 1e-4 and won2.t < -10
+    assert not at_search_limit(won2) and not at_search_limit(best_exponential("bon:4", 1.0))
+    with pytest.warns(SearchLimitWarning, match="won:4 at KL 2 ended on the edge of its search"):
+        won4 = best_exponential("won:4", 2.0)
+    assert at_search_limit(won4) and won4.win_rate <= match_kl("won:4", 2.0).win_rate
+    with pytest.raises(UsageError, match="β reached the limit 1e-10 of its search range"):
+        match_kl("won:50", 1.0, grid=256)
+
+
+def test_cold_solve_at_small_beta_follows_the_optimum_down():
+    """W is not concave for rejection: a cold start at β = 1e-3 stopped at another fixed point (KL 8.0,
+    J = W - β KL = 0.99099) while the warm-started frontier finds KL 2.897, J = 0.99639 (review of
+    2026-11-27); solve_optimal now continues from β = 0.3."""
+    beta = 1e-3
+    cold = solve_optimal("rejection:0.9,16", beta)
+    warm = frontier("rejection:0.9,16", np.geomspace(1.0, beta, 40))
+    j = lambda s: s.win_rate - beta * s.kl
+    assert abs(cold.kl - warm.kl[-1]) < 1e-3 and j(cold) >= j(warm)[-1] - 1e-7 and j(cold) > 0.9963
+
+
+def test_bad_iteration_settings_are_usage_errors():
+    """max_iter=-1 or tol=nan returned the uniform policy with iterations -1 and no error; chains='a' and
+    max_iter='x' were bare ValueErrors."""
+    for kwargs, fragment in (
+        ({"max_iter": -1}, "max_iter must be a positive integer"),
+        ({"max_iter": "x"}, "max_iter must be a positive integer"),
+        ({"tol": float("nan")}, "tol must be a positive finite number"),
+    ):
+        with pytest.raises(UsageError, match=fragment):
+            solve_optimal("bon:4", 0.3, **kwargs)
+    with pytest.raises(UsageError, match="chains must be a positive integer"):
+        frontier("bon:4", [0.3, 0.5], chains="a")

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -26,7 +28,9 @@ import numpy as np
 from infalign_jax.analytic.plotting import curve_kls
 from infalign_jax.analytic.solver import (
     DEFAULT_CELLS,
+    LOG_BETA_RANGE,
     MAX_KL,
+    SearchLimitWarning,
     as_procedure,
     best_exponential,
     bon_policy_point,
@@ -95,8 +99,9 @@ def analyze(procedure, kls, *, grid: int = DEFAULT_CELLS, with_curves: bool = Fa
 
     def run(job):
         solve, kl, curve_point = job
+        quiet = {"warn": False} if solve is best_exponential and curve_point else {}  # figure-only budgets
         try:
-            return solve(procedure, kl, grid=grid)
+            return solve(procedure, kl, grid=grid, **quiet)
         except UsageError:
             if not curve_point:
                 raise
@@ -207,14 +212,31 @@ def main(argv=None) -> int:
             raise UsageError("--beta-for-transform needs --export-transform")
         if not (np.isfinite(args.beta_for_transform) and args.beta_for_transform > 0):
             raise UsageError(f"--beta-for-transform must be a positive number, got {args.beta_for_transform}")
+        lo, hi = (math.exp(x) for x in LOG_BETA_RANGE)
+        if not lo <= args.beta_for_transform <= hi:
+            raise UsageError(
+                f"--beta-for-transform must be in [{lo:.0e}, {hi:.0e}], got {args.beta_for_transform}"
+            )
 
     enable_compilation_cache()
-    report, results = analyze(procedure, kls, grid=args.grid, with_curves=args.plot is not None)
+    with warnings.catch_warnings(record=True) as caught:  # SearchLimitWarning as one "warning:" line each
+        warnings.simplefilter("always", SearchLimitWarning)
+        report, results = analyze(procedure, kls, grid=args.grid, with_curves=args.plot is not None)
+    for w in caught:
+        if issubclass(w.category, SearchLimitWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     opt = results[0]
     outputs = {}
     if args.export_transform is not None:
         if args.beta_for_transform is not None:
             solution = solve_optimal(procedure, args.beta_for_transform, grid=args.grid)
+            if not solution.kl <= MAX_KL:  # e.g. bon:4 at β = 1e-9: KL 12.6, beyond what the grid resolves
+                raise UsageError(
+                    f"--beta-for-transform {args.beta_for_transform:g} gives KL {float(solution.kl):.3g} > "
+                    f"{MAX_KL:g}, beyond what the grid resolves; use a larger β"
+                )
         else:
             solution = type(opt)(*(x[0] for x in opt))  # the first requested KL
         outputs[args.export_transform] = transform_npz_bytes(solution, procedure.spec, args.grid)

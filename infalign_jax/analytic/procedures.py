@@ -261,3 +261,18 @@ def _validate(proc: Procedure) -> None:
                 raise UsageError(
                     f"{where} must be monotone: G decreases at u = {u_m[np.argmin(np.diff(G_m))]:.4g}"
                 )
+            # The solver differentiates the map (δW/δp): sqrt(F) passed every check above, then gave NaN Φ*.
+            F_j, u_j = jnp.asarray(F_m), jnp.asarray(u_m)
+            G_j, pullback = jax.vjp(lambda F, u=u_j: proc.cdf_map(F, u), F_j)
+            if G_j.dtype != jnp.float64:
+                raise UsageError(
+                    f"{where} must return float64 for float64 F (the solver's precision), got {G_j.dtype}"
+                )
+            (dG_m,) = pullback(jnp.ones_like(G_j))
+            dG_m = np.asarray(dG_m)
+            if not np.all(np.isfinite(dG_m)):
+                bad = int(np.argmax(~np.isfinite(dG_m)))
+                raise UsageError(
+                    f"{where} has a non-finite derivative at F = {F_m[bad]:.4g} (the solver differentiates "
+                    "the map; e.g. sqrt(F) is infinitely steep at 0)"
+                )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -42,11 +43,15 @@ from infalign_jax.cli import UsageError
 DEFAULT_CELLS = 1024
 DEFAULT_MAX_ITER = 2000
 DEFAULT_TOL = 1e-10
-LOG_BETA_RANGE = (math.log(1e-4), math.log(1e4))  # β searched in this range when matching a KL budget
-MATCH_STEPS = 16  # safeguarded secant steps in log β (each a warm-started solve for the optimal policy)
+LOG_BETA_RANGE = (math.log(1e-10), math.log(1e4))  # β searched in this range when matching a KL budget
+MATCH_STEPS = 24  # safeguarded secant steps in log β (each a warm-started solve for the optimal policy)
 T_RANGE = 200.0  # best exponential: t searched in [−T_RANGE, T_RANGE]
 FRONTIER_CHAINS = 2  # the fewest warm-start chains frontier() uses by default (see its docstring)
 MAX_KL = 4.0  # larger KL budgets are rejected (the grid cannot resolve such peaked policies reliably)
+# solve_optimal at β below CONTINUATION_FROM follows the optimum down from there in CONTINUATION_STEPS warm-
+# started solves: W is not concave for every procedure, and a cold start at small β can land on another fixed
+# point (rejection:0.9,16 at β = 1e-3: KL 8.0, J 0.99099 cold vs KL 2.9, J 0.99639 warm; review 2026-11-27).
+CONTINUATION_FROM, CONTINUATION_STEPS = 0.3, 8
 
 
 class OptimalSolution(NamedTuple):
@@ -349,7 +354,22 @@ _STATIC = ("static", "num_cells", "max_iter")
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _solve_batch(static, dynamic, beta_b, num_cells, max_iter, tol):
     procedure, u_m = _rebuild(static, dynamic), _grid(num_cells)
-    return jax.vmap(lambda b: optimal_policy(procedure, b, u_m, max_iter=max_iter, tol=tol))(beta_b)
+
+    def solve(beta):
+        # Continuation: β < CONTINUATION_FROM is reached through warm-started solves along a geometric path
+        # from CONTINUATION_FROM (for larger β every solve is at β itself; the repeats converge at once).
+        start = jnp.maximum(beta, CONTINUATION_FROM)
+        path = start * (beta / start) ** (jnp.arange(CONTINUATION_STEPS + 1) / CONTINUATION_STEPS)
+
+        def step(carry, b):
+            logw, total = carry
+            sol = optimal_policy(procedure, b, u_m, logw, max_iter=max_iter, tol=tol, iterations_before=total)
+            return (jnp.log(sol.w_c), sol.iterations), sol
+
+        sols = jax.lax.scan(step, (jnp.log(cell_widths(u_m)), jnp.asarray(0)), path)[1]
+        return jax.tree.map(lambda x: x[-1], sols)
+
+    return jax.vmap(solve)(beta_b)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -388,6 +408,16 @@ def _check_grid(grid) -> int:
     if isinstance(grid, bool) or not isinstance(grid, int | np.integer) or not 16 <= grid <= 1 << 16:
         raise UsageError(f"grid must be an integer number of cells in [16, 65536], got {grid!r}")
     return int(grid)
+
+
+def _check_iterations(max_iter, tol) -> tuple[int, float]:
+    """``(max_iter, tol)`` validated: an integer >= 1 and a finite positive tolerance (max_iter=-1 or
+    tol=nan used to return the uniform policy with iterations -1 and no error)."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 1:
+        raise UsageError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, int | float | np.floating) or not 0 < tol < math.inf:
+        raise UsageError(f"tol must be a positive finite number, got {tol!r}")
+    return int(max_iter), float(tol)
 
 
 def _as_batch(values, name: str, low: float, high: float):
@@ -449,13 +479,15 @@ def solve_optimal(procedure, beta, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_I
     """The optimal policy p* ∝ exp(Φ*/β) for ``procedure`` at regularization ``beta`` (paper Sec. 3).
 
     ``beta``: a positive number or a 1-D array (vmapped; results get a leading axis). ``grid``: number of
-    cells M. Returns an :class:`OptimalSolution` with Φ* (M,), the masses, W, KL, iterations and residual.
+    cells M. Returns an :class:`OptimalSolution` with Φ* (M,), the masses, W, KL, iterations (summed over the
+    continuation path for β < CONTINUATION_FROM) and residual.
     """
     procedure = as_procedure(procedure)
     beta_b, scalar = _as_batch(beta, "beta", 0.0, 1e6)
     static, dynamic = _split(procedure)
-    grid, max_iter, tol = _check_grid(grid), int(max_iter), float(tol)
-    return _unbatch(_rows(lambda b: _solve_batch(static, dynamic, b, grid, max_iter, tol), beta_b), scalar)
+    grid, (max_iter, tol) = _check_grid(grid), _check_iterations(max_iter, tol)
+    result = _rows(lambda b: _solve_batch(static, dynamic, b, grid, max_iter, tol), beta_b)
+    return _unbatch(_check_finite(result, procedure), scalar)
 
 
 @_x64
@@ -479,6 +511,10 @@ def frontier(
     beta_b, _ = _as_batch(betas, "betas", 0.0, 1e6)
     n = len(beta_b)
     order = np.argsort(-beta_b, kind="stable")
+    if chains is not None and (
+        isinstance(chains, bool) or not isinstance(chains, int | np.integer) or chains < 1
+    ):
+        raise UsageError(f"chains must be a positive integer or None, got {chains!r}")
     chains = default_chains() if chains is None else int(chains)
     chains = max(1, min(chains, n))
     per_chain = -(-n // chains)
@@ -487,7 +523,7 @@ def frontier(
     rank_kc = np.arange(per_chain)[None, :] * chains + np.arange(chains)[:, None]
     rank_kc = np.where(rank_kc < n, rank_kc, rank_kc - chains)
     static, dynamic = _split(procedure)
-    grid, max_iter, tol = _check_grid(grid), int(max_iter), float(tol)
+    grid, (max_iter, tol) = _check_grid(grid), _check_iterations(max_iter, tol)
     out = _rows(
         lambda beta_kb: _frontier_chains(static, dynamic, beta_kb, grid, max_iter, tol),
         beta_b[order][rank_kc],
@@ -496,7 +532,7 @@ def frontier(
     sorted_out = jax.tree.map(lambda x: x[ranks % chains, ranks // chains], out)
     inverse = np.empty_like(order)
     inverse[order] = ranks
-    return jax.tree.map(lambda x: x[inverse], sorted_out)
+    return _check_finite(jax.tree.map(lambda x: x[inverse], sorted_out), procedure)
 
 
 def default_chains() -> int:
@@ -525,9 +561,11 @@ def match_kl(procedure, kl, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_ITER, to
     procedure = as_procedure(procedure)
     kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
     static, dynamic = _split(procedure)
-    grid, max_iter, tol = _check_grid(grid), int(max_iter), float(tol)
-    result = _rows(lambda kl: _match_kl_batch(static, dynamic, kl, grid, max_iter, tol), kl_b)
-    _check_matched(result.kl, kl_b, procedure, "optimal")
+    grid, (max_iter, tol) = _check_grid(grid), _check_iterations(max_iter, tol)
+    result = _check_finite(
+        _rows(lambda kl: _match_kl_batch(static, dynamic, kl, grid, max_iter, tol), kl_b), procedure
+    )
+    _check_matched(result.kl, kl_b, procedure, "optimal", result.beta)
     return _unbatch(result, scalar)
 
 
@@ -547,7 +585,7 @@ def exponential_at_kl(procedure, t, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoi
     (t_b, kl_b), scalar = _broadcast_with_t(t, kl, "KL budget", 0.0, MAX_KL)
     static, dynamic = _split(procedure)
     result = _search_rows(static, dynamic, t_b, kl_b, np.zeros(kl_b.shape, bool), grid)
-    _check_matched(result.kl, kl_b, procedure, "exponential")
+    _check_matched(result.kl, kl_b, procedure, "exponential", result.beta)
     return _unbatch(result, scalar)
 
 
@@ -557,18 +595,29 @@ def identity_at_kl(procedure, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
 
 
 @_x64
-def best_exponential(procedure, kl, *, grid=DEFAULT_CELLS) -> ExponentialPoint:
+def best_exponential(procedure, kl, *, grid=DEFAULT_CELLS, warn: bool = True) -> ExponentialPoint:
     """The exponential transform Φ_t with the highest inference-time win rate at the KL budget ``kl``.
 
-    t is searched over both signs in [−T_RANGE, T_RANGE]; returns (t, β, W, KL). For BoN the best t is
-    positive, for WoN negative (paper Sec. 3, appendix on BoN/WoN).
+    t is searched over both signs in [−T_RANGE, T_RANGE], β in LOG_BETA_RANGE; returns (t, β, W, KL). For
+    BoN the best t is positive, for WoN negative (paper Sec. 3, appendix on BoN/WoN). A result on the edge of
+    that search (:func:`at_search_limit`) raises a :class:`SearchLimitWarning` unless ``warn`` is False.
     """
     procedure = as_procedure(procedure)
     kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
     static, dynamic = _split(procedure)
     t_b, search_b = np.zeros_like(kl_b), np.ones(kl_b.shape, bool)
     result = _search_rows(static, dynamic, t_b, kl_b, search_b, grid)
-    _check_matched(result.kl, kl_b, procedure, "best exponential")
+    _check_matched(result.kl, kl_b, procedure, "best exponential", result.beta)
+    if warn:
+        for i in np.flatnonzero(at_search_limit(result)):
+            warnings.warn(
+                f"best exponential for {procedure.spec} at KL {kl_b[i]:g} ended on the edge of its search "
+                f"(t = {result.t[i]:.4g}, β = {result.beta[i]:.3g}; |t| <= {T_RANGE:g}, β >= "
+                f"{math.exp(LOG_BETA_RANGE[0]):.0e}): the family's best lies beyond it, its win rate "
+                f"{result.win_rate[i]:.6f} is a lower bound",
+                SearchLimitWarning,
+                stacklevel=3,
+            )
     return _unbatch(result, scalar)
 
 
@@ -609,16 +658,48 @@ def _search_rows(static, dynamic, t_b, kl_b, search_b, grid):
     )
 
 
-def _check_matched(kl_found, kl_b, procedure, what):
+def _check_finite(result: OptimalSolution, procedure) -> OptimalSolution:
+    """``result``, unless its Φ* or residual is not finite (UsageError naming the procedure): a NaN Φ* used to
+    come back with finite W and KL."""
+    if not (np.all(np.isfinite(result.phi_c)) and np.all(np.isfinite(result.residual))):
+        raise UsageError(
+            f"the optimal transform for {procedure.spec} is not finite (NaN/inf in δW/δp): the procedure's "
+            "map must be differentiable with finite slopes"
+        )
+    return result
+
+
+def _check_matched(kl_found, kl_b, procedure, what, beta_found):
     """UsageError unless every KL found is within 1e-6 of its budget (1e-6 relative above 1) AND within
-    1e-4 relative: a tiny budget (e.g. 1e-12) that the β range cannot reach must not pass as matched."""
-    kl_found = np.asarray(kl_found)
+    1e-4 relative: a tiny budget (e.g. 1e-12) that the β range cannot reach must not pass as matched. The
+    message says whether β ran into a limit of LOG_BETA_RANGE or the grid cannot resolve the budget."""
+    kl_found, beta_found = np.asarray(kl_found), np.asarray(beta_found)
     miss = np.abs(kl_found - kl_b)
     bad = miss > np.minimum(1e-6 * np.maximum(1.0, kl_b), 1e-4 * kl_b)
     if np.any(bad):
         i = int(np.argmax(bad))
-        advice = "a larger budget" if kl_found[i] > kl_b[i] else "a smaller budget or a finer --grid"
+        lo, hi = np.exp(LOG_BETA_RANGE)
+        at_limit = beta_found[i] <= lo * (1 + 1e-9) or beta_found[i] >= hi * (1 - 1e-9)
+        if at_limit:
+            why = f"β reached the limit {beta_found[i]:.3g} of its search range [{lo:.0e}, {hi:.0e}]"
+            advice = "a larger budget" if kl_found[i] > kl_b[i] else "a smaller budget"
+        else:
+            why = "not reachable on this grid"
+            advice = "a larger budget" if kl_found[i] > kl_b[i] else "a smaller budget or a finer --grid"
         raise UsageError(
-            f"{what} policy for {procedure.spec}: KL budget {kl_b[i]:g} is not reachable on this grid "
-            f"(closest KL {kl_found[i]:.4g}); use {advice}"
+            f"{what} policy for {procedure.spec}: KL budget {kl_b[i]:g}: {why} (closest KL "
+            f"{kl_found[i]:.4g}); use {advice}"
         )
+
+
+def at_search_limit(point: ExponentialPoint) -> np.ndarray:
+    """Whether a :func:`best_exponential` result lies on the edge of its search (|t| = T_RANGE or β at the
+    lower end of LOG_BETA_RANGE): the family's best is then beyond the search, and its win rate is only a
+    lower bound (e.g. won:4 at KL 2: t → −∞ with β → 0). bool, shaped like ``point.t``."""
+    lo = math.exp(LOG_BETA_RANGE[0])
+    t, beta = np.asarray(point.t), np.asarray(point.beta)
+    return (np.abs(t) >= T_RANGE * (1 - 1e-9)) | (beta <= lo * (1 + 1e-6))
+
+
+class SearchLimitWarning(UserWarning):
+    """:func:`best_exponential` ended on the edge of its search range (see :func:`at_search_limit`)."""
