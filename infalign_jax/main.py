@@ -87,7 +87,10 @@ def _claim_workdir(workdir: Path, settings: dict) -> None:
     elif summary_path.is_file():  # written before settings.json existed
         summary = run_settings.read_settings(summary_path)
         previous = {k: summary.get(k, run_settings.MISSING) for k in settings}
-    if previous is not None and (changed := run_settings.diffs(previous, settings)):
+    compared = settings
+    if previous is not None and "steps" not in previous:  # an interrupted run recorded before --steps was:
+        compared = {k: v for k, v in settings.items() if k != "steps"}  # each CTRL run's own check decides
+    if previous is not None and (changed := run_settings.diffs(previous, compared)):
         raise UsageError(
             f"--workdir {workdir} holds a run with other settings ({run_settings.summary(changed)}); "
             "use another --workdir"

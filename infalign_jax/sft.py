@@ -265,6 +265,14 @@ def _check_resumable(workdir: Path, config, tok_dir: Path) -> None:
         )
 
 
+def _sync_processes(name: str) -> None:
+    """A barrier of all processes of a jax.distributed run (a no-op on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _clear_run(workdir: Path, keep: Path | None = None) -> None:
     """Removes everything an earlier run wrote into ``workdir`` (:data:`RUN_OUTPUTS`), except ``keep`` (a
     given ``tokenizer_path`` that lies there)."""
@@ -427,8 +435,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
         load_tokenizer(tok_dir)
     main_process = jax.process_index() == 0
 
-    # Data (built into data_dir if it has none), then the workdir: resume, or start over with --overwrite.
+    # Data (built into data_dir if it has none — by process 0 while the others wait: two builders of one
+    # shared data_dir would race), then the workdir: resume, or start over with --overwrite.
+    if not main_process:
+        _sync_processes("infalign_jax.sft: data ready")
     train_src = build_or_load("train", config.data_dir, config.manual_dir or None)
+    if main_process:
+        _sync_processes("infalign_jax.sft: data ready")
     eval_src = load_hh("eval", config.data_dir)
     if len(train_src) < config.batch_size or len(eval_src) == 0:
         raise UsageError(
@@ -445,10 +458,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
         atomic_write_json(workdir / RUN_CONFIG, config.to_dict())
     if not (tok_dir / "tokenizer.json").exists() and main_process:
         train_hh_tokenizer(config.data_dir, tok_dir, config.vocab_size)
-    if jax.process_count() > 1:  # the others wait until process 0 has cleared/written the workdir + tokenizer
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("infalign_jax.sft: workdir and tokenizer ready")
+    _sync_processes("infalign_jax.sft: workdir and tokenizer ready")  # written by process 0 above
     tokenizer = load_tokenizer(tok_dir)
     encode = sft_encoder(tokenizer, config.max_len, config.max_prompt_len)
     local_batch = config.batch_size // jax.process_count()

@@ -12,7 +12,6 @@ transformers layout), and ``W/final_eval.json`` when it defines an evaluation.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -43,7 +42,7 @@ from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedur
 from infalign_jax.io_utils import atomic_write_json, check_directory_path, ensure_writable_dir
 from infalign_jax.mesh import DATA, make_mesh
 from infalign_jax.metrics_log import MetricsWriter
-from infalign_jax.preemption import EXIT_PREEMPTED, Preempted, sigterm_flag
+from infalign_jax.preemption import EXIT_PREEMPTED, Preempted, any_process, sigterm_flag
 from infalign_jax.seeds import seed_key
 
 
@@ -266,14 +265,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
         ckpt.close()
     result = None
     written = workdir / "final_eval.json"
-    if start == config.num_steps and written.is_file():  # a finished run rerun: keep what it wrote
-        with contextlib.suppress(OSError, ValueError):  # (its step times included); unreadable: redo it
-            return json.loads(written.read_text())
+    # A finished run rerun keeps what it wrote (its step times included), redoing only a lost export. All
+    # processes take the same branch: host_tree below is a collective.
+    stored = _read_json(written) if start == config.num_steps else None
+    keep = not any_process(stored is None)
+    redo_export = any_process(problem.export is not None and not (workdir / EXPORT_DIR).is_dir())
+    if keep and not redo_export:
+        return stored
     if problem.export is None and problem.final_eval is None:
         return None
-    host_params = host_tree(state.params)  # a collective on several processes: every process gathers
+    host_params = host_tree(state.params)
     if problem.export is not None and main_proc:  # before final_eval.json: that one marks a finished run
         problem.export(host_params, workdir / EXPORT_DIR)
+    if keep:
+        return stored
     if problem.final_eval is not None:
         result = problem.final_eval(host_params)
         if times[1:]:
@@ -282,6 +287,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
         if main_proc:
             atomic_write_json(written, result)
     return result
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None if it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _define_flags(fv) -> None:

@@ -20,6 +20,7 @@ from infalign_jax.analytic import (
     worst_of_n,
 )
 from infalign_jax.analytic.objectives import inference_win_rate, uniform_grid
+from infalign_jax.analytic.solver import match_kl
 from infalign_jax.cli import UsageError
 
 ALL_SPECS = [
@@ -201,14 +202,27 @@ def test_custom_maps_are_validated():
         (3, "expected a callable"),
         # Monotone CDF maps the solver cannot differentiate (they returned NaN Φ* with finite W and KL) or
         # that compute in float32 (a contradictory "not reachable" error later): review of 2026-11-27.
-        (lambda F: jnp.sqrt(F), "non-finite derivative at F = 0"),
-        (lambda F: 1.0 - jnp.sqrt(1.0 - F), "non-finite derivative at F = 1"),
+        (lambda F: 1.0 - jnp.sqrt(1.0 - F), "non-finite gradient of the win rate"),
         (lambda F: F.astype(jnp.float32) ** 2, "must return float64"),
+        (_squared_by_while_loop, "cannot be differentiated"),
     ]
     for fn, fragment in bad:
         with pytest.raises(UsageError) as e:
             custom(fn, "bad")
         assert fragment in str(e.value) and "\n" not in str(e.value)
+    # sqrt(F) has finite gradients on the probe policies but not at the optimum: one error from the solver.
+    with pytest.raises(UsageError, match="optimal transform for custom:sqrt is not finite"):
+        match_kl(custom(lambda F: jnp.sqrt(F), "sqrt"), 0.5)
+    # exp(4 log F) is F^4: its dG/dF is NaN at F = 0, which the solver never uses (F(0) is a constant).
+    np.testing.assert_allclose(
+        match_kl(custom(lambda F: jnp.exp(4.0 * jnp.log(F)), "exp-log"), 0.5).win_rate,
+        match_kl("bon:4", 0.5).win_rate,
+        atol=1e-12,
+    )
+
+
+def _squared_by_while_loop(F):
+    return jax.lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, c[1] * F), (0, jnp.ones_like(F)))[1]
 
 
 def test_exponential_transform_values_limits_and_stability():

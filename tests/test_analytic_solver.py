@@ -244,6 +244,8 @@ def test_wide_beta_range_reaches_won_at_kl_2_and_flags_search_limits():
     with pytest.warns(SearchLimitWarning, match="won:4 at KL 2 ended on the edge of its search"):
         won4 = best_exponential("won:4", 2.0)
     assert at_search_limit(won4) and won4.win_rate <= match_kl("won:4", 2.0).win_rate
+    with pytest.warns(SearchLimitWarning):  # golden section ends ~1e-5 (relative) above the β limit here
+        best_exponential("won:4", 4.0)
     with pytest.raises(UsageError, match="β reached the limit 1e-10 of its search range"):
         match_kl("won:50", 1.0, grid=256)
 
@@ -252,11 +254,16 @@ def test_cold_solve_at_small_beta_follows_the_optimum_down():
     """W is not concave for rejection: a cold start at β = 1e-3 stopped at another fixed point (KL 8.0,
     J = W - β KL = 0.99099) while the warm-started frontier finds KL 2.897, J = 0.99639 (review of
     2026-11-27); solve_optimal now continues from β = 0.3."""
+    from infalign_jax.analytic.solver import CONTINUATION_STEPS
+
     beta = 1e-3
     cold = solve_optimal("rejection:0.9,16", beta)
     warm = frontier("rejection:0.9,16", np.geomspace(1.0, beta, 40))
     j = lambda s: s.win_rate - beta * s.kl
     assert abs(cold.kl - warm.kl[-1]) < 1e-3 and j(cold) >= j(warm)[-1] - 1e-7 and j(cold) > 0.9963
+    # max_iter per solve of the path: β >= 0.3 is one solve (its 8 repeats used to iterate too: 27 for 3)
+    assert solve_optimal("bon:4", 1.0, grid=64, max_iter=3).iterations <= 3
+    assert solve_optimal("bon:4", 0.01, grid=64, max_iter=3).iterations <= 3 * (CONTINUATION_STEPS + 1)
 
 
 def test_bad_iteration_settings_are_usage_errors():

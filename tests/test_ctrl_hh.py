@@ -247,6 +247,15 @@ def test_two_ctrl_steps_end_to_end(parts, table_dir, repo_root, tmp_path):
     exported, tok = from_pretrained(wd / "export")
     assert exported.config == model.config and tok.get_vocab() == sft_tok.get_vocab()
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, exported.params()), trained)
+    # A rerun of the finished run redoes a lost export (it returned early before), and keeps the rest.
+    import shutil
+
+    shutil.rmtree(wd / "export")
+    metrics = (wd / "metrics.jsonl").read_bytes()
+    train.train(make_config(repo_root, overrides(parts, table_dir, **{"hh.eval_samples": 0})), wd)
+    again, _ = from_pretrained(wd / "export")
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, again.params()), trained)
+    assert (wd / "metrics.jsonl").read_bytes() == metrics
 
 
 def _exit_code(main, args) -> int:

@@ -106,6 +106,15 @@ def test_other_steps_are_refused_and_sigterm_exits_143(tmp_path):
         run("bon:4", 0.3, tmp_path / "w", seed=0, steps=3)
     assert {p: p.read_bytes() for p in (tmp_path / "w").rglob("*") if p.is_file()} == before
     assert run("bon:4", 0.3, tmp_path / "w", seed=0, steps=2)["ctrl"] == first["ctrl"]
+    # An interrupted workdir recorded before --steps was a setting (no "steps", no summary.json) resumes;
+    # each CTRL run's own resume check decides about its length.
+    record = tmp_path / "w" / "settings.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "steps"}))
+    (tmp_path / "w" / "summary.json").unlink()
+    assert run("bon:4", 0.3, tmp_path / "w", seed=0, steps=2)["ctrl"] == first["ctrl"]
+    (tmp_path / "w" / "summary.json").unlink()  # (the rerun wrote it again: it would supply the steps)
+    with pytest.raises(UsageError, match="with optim.schedule 'cosine'"):
+        run("bon:4", 0.3, tmp_path / "w", seed=0, steps=3)
 
     work = tmp_path / "term"
     cmd = [sys.executable, "-m", "infalign_jax.main", "--workdir", str(work), "--steps", "100000"]

@@ -287,7 +287,8 @@ def test_sigterm_to_one_of_two_processes_saves_on_both(repo_root, tmp_path):
     ]
     metrics = work / "metrics.jsonl"
     try:
-        wait_for(lambda: rows(metrics) >= 5, procs[0], timeout=300)
+        wait_for(lambda: rows(metrics) >= 5 or procs[1].poll() is not None, procs[0], timeout=300)
+        assert procs[1].poll() is None, procs[1].communicate()[1][-3000:]  # process 1 died at startup
         procs[1].send_signal(signal.SIGTERM)
         errs = [p.communicate(timeout=120)[1] for p in procs]
     finally:

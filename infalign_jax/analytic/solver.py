@@ -360,13 +360,15 @@ def _solve_batch(static, dynamic, beta_b, num_cells, max_iter, tol):
         # from CONTINUATION_FROM (for larger β every solve is at β itself; the repeats converge at once).
         start = jnp.maximum(beta, CONTINUATION_FROM)
         path = start * (beta / start) ** (jnp.arange(CONTINUATION_STEPS + 1) / CONTINUATION_STEPS)
+        fresh = jnp.concatenate([jnp.array([True]), path[1:] != path[:-1]])
 
-        def step(carry, b):
-            logw, total = carry
-            sol = optimal_policy(procedure, b, u_m, logw, max_iter=max_iter, tol=tol, iterations_before=total)
+        def step(carry, b_fresh):  # max_iter per new β of the path; a repeat (β >= 0.3) only evaluates
+            (logw, total), (b, is_new) = carry, b_fresh
+            budget = jnp.where(is_new, max_iter, 0)
+            sol = optimal_policy(procedure, b, u_m, logw, max_iter=budget, tol=tol, iterations_before=total)
             return (jnp.log(sol.w_c), sol.iterations), sol
 
-        sols = jax.lax.scan(step, (jnp.log(cell_widths(u_m)), jnp.asarray(0)), path)[1]
+        sols = jax.lax.scan(step, (jnp.log(cell_widths(u_m)), jnp.asarray(0)), (path, fresh))[1]
         return jax.tree.map(lambda x: x[-1], sols)
 
     return jax.vmap(solve)(beta_b)
@@ -480,7 +482,7 @@ def solve_optimal(procedure, beta, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_I
 
     ``beta``: a positive number or a 1-D array (vmapped; results get a leading axis). ``grid``: number of
     cells M. Returns an :class:`OptimalSolution` with Φ* (M,), the masses, W, KL, iterations (summed over the
-    continuation path for β < CONTINUATION_FROM) and residual.
+    continuation path for β < CONTINUATION_FROM, ``max_iter`` per solve of it) and residual.
     """
     procedure = as_procedure(procedure)
     beta_b, scalar = _as_batch(beta, "beta", 0.0, 1e6)
@@ -698,7 +700,7 @@ def at_search_limit(point: ExponentialPoint) -> np.ndarray:
     lower bound (e.g. won:4 at KL 2: t → −∞ with β → 0). bool, shaped like ``point.t``."""
     lo = math.exp(LOG_BETA_RANGE[0])
     t, beta = np.asarray(point.t), np.asarray(point.beta)
-    return (np.abs(t) >= T_RANGE * (1 - 1e-9)) | (beta <= lo * (1 + 1e-6))
+    return (np.abs(t) >= T_RANGE * (1 - 1e-9)) | (beta <= lo * (1 + 1e-3))  # golden section: ~1e-5 above
 
 
 class SearchLimitWarning(UserWarning):
