@@ -59,9 +59,8 @@ PROBLEMS: dict[str, Callable[[ml_collections.ConfigDict, StepConfig], CtrlProble
     "hh": _hh_problem,
 }
 EXIT_NONFINITE = 1
-EXPORT_DIR = (
-    "export"  # the trained policy, for tasks that define an export (the LM task: transformers layout)
-)
+# The trained policy, for tasks that define an export (the LM task: the transformers layout).
+EXPORT_DIR = "export"
 
 
 class NonFiniteError(RuntimeError):
@@ -267,7 +266,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
     written = workdir / "final_eval.json"
     # A finished run rerun keeps what it wrote (its step times included), redoing only a lost export. All
     # processes take the same branch: host_tree below is a collective.
-    stored = _read_json(written) if start == config.num_steps else None
+    stored = _read_json(written) if start == config.num_steps and written.is_file() else None
     keep = not any_process(stored is None)
     redo_export = any_process(problem.export is not None and not (workdir / EXPORT_DIR).is_dir())
     if keep and not redo_export:
@@ -290,10 +289,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
 
 
 def _read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None if it is missing or unreadable."""
+    """The JSON object in ``path``, or None if it is unreadable."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return run_settings.read_settings(path)
+    except UsageError:
         return None
 
 

@@ -357,7 +357,7 @@ def _solve_batch(static, dynamic, beta_b, num_cells, max_iter, tol):
 
     def solve(beta):
         # Continuation: β < CONTINUATION_FROM is reached through warm-started solves along a geometric path
-        # from CONTINUATION_FROM (for larger β every solve is at β itself; the repeats converge at once).
+        # from CONTINUATION_FROM (for larger β every solve is at β itself and the repeats only evaluate).
         start = jnp.maximum(beta, CONTINUATION_FROM)
         path = start * (beta / start) ** (jnp.arange(CONTINUATION_STEPS + 1) / CONTINUATION_STEPS)
         fresh = jnp.concatenate([jnp.array([True]), path[1:] != path[:-1]])

@@ -130,8 +130,8 @@ def files_digest(root: Path, files: Iterable[Path]) -> str:
 
 def table_meta(config) -> dict:
     """What a calibration table depends on (stored in its meta.json, checked when training): besides the
-    paths, digests of the policy's weights and of the reward model's checkpoint and spec, so that an SFT
-    export or a reward model rewritten in place does not pass as the one the table was built for."""
+    paths, digests of the policy's weights and of the reward model's content (spec + saved arrays), so that
+    an SFT export or a reward model rewritten in place does not pass as the one the table was built for."""
     from infalign_jax.reward import weights_digest
 
     h = config.hh

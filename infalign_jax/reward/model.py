@@ -517,7 +517,10 @@ def weights_digest(workdir: str | os.PathLike) -> str:
     workdir = Path(workdir).resolve()
     if not (workdir / SPEC_FILE).exists() or not (workdir / CKPT_DIR).exists():
         raise UsageError(f"no reward model in {workdir} (need {SPEC_FILE} and {CKPT_DIR}/)")
-    spec = json.loads((workdir / SPEC_FILE).read_text())
+    try:
+        spec = json.loads((workdir / SPEC_FILE).read_text())
+    except ValueError as e:
+        raise UsageError(f"cannot read {workdir / SPEC_FILE}: {e}") from None
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     for path, leaf in jax.tree_util.tree_leaves_with_path(_restore_saved(workdir / CKPT_DIR)):
         arr = np.ascontiguousarray(jax.device_get(leaf))
