@@ -502,8 +502,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
         truncate=True,
     )
     batches = iter(train_loader)
-    pending = []  # device metrics since the last log (fetched every log_every steps: no per-step sync)
-    last = {}
+    pending = []  # device metrics since the last log (fetched every log_every steps: no per-step sync on one
+    last = {}  # process; several processes agree on SIGTERM every step, a small host all-gather)
+    sigterm = False
     with sigterm_flag() as sigterm_requested:
         while step < config.num_steps:
             tokens, mask = _global_batch(next(batches), mesh)
@@ -532,13 +533,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
                 writer.flush()  # the logs of every step the checkpoint covers are on disk first
                 _save(mngr, step, state, opt_state, {"step": step, "loader": train_loader.state})
             if sigterm:
-                mngr.wait_until_finished()
-                mngr.close()
-                writer.close()
-                raise Preempted(f"SIGTERM: saved checkpoint at step {step}; exiting")
+                break
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
+    if sigterm:
+        raise Preempted(f"SIGTERM: saved checkpoint at step {step}; exiting")
     train_time = time.time() - t0
 
     if start_step == step:  # nothing to train (resumed at the end): evaluate the restored parameters
