@@ -8,11 +8,21 @@ calibration / update), ``fused`` (the whole step as one jit, the production path
 fused step with the calibration kernel replaced by u = 0.5: the baseline for calibration's marginal cost).
 Prints 25th percentiles (robust to other processes on a shared CPU), policy samples/s of the fused step,
 and the calibration's cost (the issue's budget: <= 2% of a step at K = 64). ``--num_ref`` overrides K.
+
+    python benchmarks/ctrl_step.py --update-ab [--prompt-len 256 --new-tokens 64 --prompts 8 --samples 8]
+
+A/B of the LM update phase alone (``phase_update``: π forward + backward, π_ref forward, AdamW; needs no
+trained artifacts): ``LMPolicy(shared_prompt=True)`` (each prompt run once for its S responses) vs ``False``
+(every ``[prompt | response]`` in full), jitted in the same process and timed call by call interleaved, on
+the random 8.9M-parameter Llama of ``benchmarks/sampler.py`` (6 layers, hidden 256, FFN 768, 8/4 heads,
+vocab 8192, fp32), P prompts of full length, S responses of ``--new-tokens`` real tokens, β 0.04 (k1).
+Prints wall and process-CPU medians with [min, max] per path and the median ratio full / shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import jax
@@ -29,12 +39,93 @@ def _no_calibration(rewards_ps, ref_sorted_pk, method):
     return 0.5 + 0.0 * rewards_ps + 0.0 * jnp.sum(ref_sorted_pk, axis=1, keepdims=True)
 
 
+def update_ab(args) -> None:
+    """The ``--update-ab`` mode (see the module docstring)."""
+    import optax
+    from flax import nnx
+    from sampler import model_config  # benchmarks/sampler.py (this script's directory is on sys.path)
+
+    from infalign_jax.ctrl.lm import LMPolicy
+    from infalign_jax.ctrl.objective import LossConfig
+    from infalign_jax.ctrl.train_step import StepConfig, TrainState, phase_update
+    from infalign_jax.ctrl.transforms import parse_transform
+    from infalign_jax.models import Transformer
+
+    p, s, t, length = args.prompts, args.samples, args.prompt_len, args.new_tokens
+    shape = argparse.Namespace(
+        vocab=8192, hidden=256, ffn=768, layers=6, heads=8, kv_heads=4, prompt_len=t, max_new_tokens=length
+    )
+    model_cfg = model_config(shape)
+    params = Transformer(model_cfg, rngs=nnx.Rngs(args.seed)).params()
+    ref_params = jax.tree.map(jnp.copy, params)
+    tx = optax.adamw(1e-5)
+    rng = np.random.default_rng(args.seed)
+    batch = {
+        "prompt_bt": jnp.asarray(rng.integers(3, model_cfg.vocab_size, (p, t)), jnp.int32),
+        "prompt_mask_bt": jnp.ones((p, t), jnp.int32),
+    }
+    samples = {
+        "tokens": jnp.asarray(rng.integers(3, model_cfg.vocab_size, (p, s, length)), jnp.int32),
+        "mask": jnp.ones((p, s, length), bool),
+    }
+    phi_ps = jnp.asarray(rng.uniform(0, 2, (p, s)), jnp.float32)
+    scores = {"rewards_ps": phi_ps, "ref_rewards_pk": jnp.zeros((p, 8), jnp.float32)}
+    calib = {"phi_ps": phi_ps, "u_ps": phi_ps / 2}
+    cfg = StepConfig(transform=parse_transform("exp:4"), loss=LossConfig(beta=0.04), num_samples=s, num_ref=8)
+    state = TrainState(
+        jnp.int32(0), params, tx.init(params), jnp.zeros(2, jnp.uint32), jnp.int32(0), ref_params, {}
+    )
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    print(
+        f"update A/B: {n_params / 1e6:.1f}M-parameter Llama, P={p} prompts x S={s} responses, prompt {t} + "
+        f"{length} tokens, {jax.devices()[0].platform} ({len(jax.devices())} device(s) visible, 1 used)"
+    )
+    fns, times = {}, {}
+    for shared in (True, False):
+        policy = LMPolicy(model_cfg, length, (2,), 0, shared_prompt=shared)
+        fn = jax.jit(
+            lambda st, pol=policy: phase_update(pol, tx, cfg, st, batch, {"samples": samples}, scores, calib)
+        )
+        t0 = time.perf_counter()
+        _, metrics = jax.block_until_ready(fn(state))
+        first = time.perf_counter() - t0
+        fns[shared], times[shared] = (fn, float(metrics["loss"])), {"first": first, "wall": [], "cpu": []}
+    loss_diff = abs(fns[True][1] - fns[False][1])
+    for _ in range(args.repeats):  # interleaved call by call: CPU contention hits both alike
+        for shared, (fn, _) in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn(state))
+            times[shared]["wall"].append(time.perf_counter() - w0)
+            times[shared]["cpu"].append(time.process_time() - c0)
+    fmt = lambda xs: f"{1e3 * statistics.median(xs):.0f} ms [{1e3 * min(xs):.0f}, {1e3 * max(xs):.0f}]"
+    for shared, name in ((True, "shared prompt"), (False, "full (old)")):
+        tm = times[shared]
+        print(
+            f"  {name:14s} wall {fmt(tm['wall'])}  cpu {fmt(tm['cpu'])}  first call {tm['first']:.1f} s "
+            f"(median [min, max] of {args.repeats})"
+        )
+    ratio = lambda k: statistics.median(times[False][k]) / statistics.median(times[True][k])
+    print(
+        f"  full / shared: wall {ratio('wall'):.2f}x, cpu {ratio('cpu'):.2f}x; "
+        f"|loss difference| {loss_diff:.1e}"
+    )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/ctrl_bandit.py")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--num_ref", type=int, default=None, help="K (default: the config's num_ref)")
+    ap.add_argument("--update-ab", action="store_true", help="A/B of the LM update: shared prompt vs full")
+    ap.add_argument("--prompt-len", type=int, default=256, help="--update-ab: prompt tokens")
+    ap.add_argument("--new-tokens", type=int, default=64, help="--update-ab: response tokens")
+    ap.add_argument("--prompts", type=int, default=8, help="--update-ab: P")
+    ap.add_argument("--samples", type=int, default=8, help="--update-ab: S")
+    ap.add_argument("--repeats", type=int, default=7, help="--update-ab: timed calls per path")
+    ap.add_argument("--seed", type=int, default=0, help="--update-ab: weights and token seed")
     args = ap.parse_args()
+    if args.update_ab:
+        return update_ab(args)
     config = load_config_file(args.config)
     if args.num_ref is not None:
         config.num_ref = args.num_ref

@@ -1,16 +1,16 @@
 """Sampler throughput: our vmapped sampler vs transformers ``generate`` (PyTorch CPU), same weights.
 
-    .venv/bin/python benchmarks/sampler.py --hf-python /work/torchenv/bin/python \
-        [--threads 0|1] [--prompt-len 32] [--json]
+    .venv/bin/python benchmarks/sampler.py [--hf-python PY] [--threads 0|1] [--prompt-len 32] [--json]
 
 A random ~10M-parameter Llama-style model is built with :class:`infalign_jax.models.Transformer`, written
 with ``save_pretrained`` and loaded by ``transformers.AutoModelForCausalLM`` in a subprocess running
-``--hf-python`` (torch never enters this venv). Both sides sample the same batch (B prompts x N samples, same
-prompt length and ``max_new_tokens``) with the same settings (temperature, top-k, top-p); EOS is disabled on
-both through ``min_new_tokens = max_new_tokens``, so every sequence runs the full length. Steady state: the
-first call (compile / warm-up) is reported separately, then the median of ``--repeats`` calls. Prefill vs N:
-calls with ``max_new_tokens=1`` (prefill + first token) for several N — ours runs each prompt once,
-transformers once per (prompt, sample).
+``--hf-python`` (default: this Python, ``sys.executable``; pass another venv's Python with torch and
+transformers, ``pip install -r requirements-bench.txt``, to keep torch out of this venv). Both sides sample
+the same batch (B prompts x N samples, same prompt length and ``max_new_tokens``) with the same settings
+(temperature, top-k, top-p); EOS is disabled on both through ``min_new_tokens = max_new_tokens``, so every
+sequence runs the full length. Steady state: the first call (compile / warm-up) is reported separately, then
+the median of ``--repeats`` calls. Prefill vs N: calls with ``max_new_tokens=1`` (prefill + first token) for
+several N — ours runs each prompt once, transformers once per (prompt, sample).
 
 Each call is timed by wall clock and by process CPU time (``*_cpu`` keys). ``--threads 0`` (default) lets
 both libraries use every core; ``--threads 1`` asks both for one thread, which torch honours exactly, while
@@ -138,6 +138,27 @@ def time_hf(model, prompts, args, sampling) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def check_peer(python: str) -> None:
+    """Exits 2 with one ``error:`` line unless ``python`` runs and imports torch and transformers."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        res = subprocess.run(
+            [python, "-c", "import torch, transformers"], capture_output=True, text=True, env=env
+        )
+        problem = (
+            (res.stderr.strip().splitlines() or [f"exit code {res.returncode}"])[-1] if res.returncode else ""
+        )
+    except OSError as e:
+        problem = e.strerror or str(e)
+    if problem:
+        print(
+            f"error: --hf-python {python} cannot import torch and transformers ({problem}); pass the Python "
+            "of a venv with them (pip install -r requirements-bench.txt) or --skip-hf",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def summarize(side: dict, tokens: int, prefix: str) -> dict:
     med = lambda runs, i: statistics.median(r[i] for r in runs)
     wall, cpu = med(side["times"], 0), med(side["times"], 1)
@@ -154,7 +175,11 @@ def summarize(side: dict, tokens: int, prefix: str) -> dict:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hf-python", default="/work/torchenv/bin/python", help="python of a venv with torch")
+    p.add_argument(
+        "--hf-python",
+        default=sys.executable,
+        help="Python of the peer (needs torch and transformers; default: this Python)",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--batch", type=int, default=8, help="prompts")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
@@ -203,6 +228,8 @@ def main(argv=None) -> int:
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     tokens = args.batch * args.n * args.max_new_tokens
 
+    if not args.skip_hf:
+        check_peer(args.hf_python)  # before the minutes of timing ours
     report = summarize(time_ours(model, prompts, args, sampling), tokens, "ours")
     report.update(hf_tokens_per_s=None, ratio=None)
     if not args.skip_hf:

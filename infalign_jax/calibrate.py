@@ -17,14 +17,14 @@ chunk holding it is not stored.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 
-from infalign_jax.cli import UsageError, parse_config_flags, run_main
+from infalign_jax import config_checks
+from infalign_jax.cli import UsageError, parse_config_flags, run_main, run_summary
 from infalign_jax.ctrl.hh import (
     HHComponents,
     chunked_rewards,
@@ -44,9 +44,10 @@ def build_table(
     components of ``config`` (:func:`~infalign_jax.ctrl.hh.load_components`), e.g. to build several tables."""
     t0 = time.perf_counter()
     table_dir = Path(table_dir or config.hh.table_dir)
+    from infalign_jax.train import CONFIG_NUMBERS  # the CTRL config's numeric fields (NaN, sizes, ...)
+
+    config_checks.numbers(config, CONFIG_NUMBERS)
     k, chunk = int(config.num_ref), int(config.hh.calibration_batch_prompts)
-    if chunk < 1:
-        raise UsageError(f"hh.calibration_batch_prompts must be >= 1, got {chunk}")
     key = jax.random.key_data(seed_key(config.seed))  # checks the seed before anything is written
     check_directory_path(table_dir, "calibration table path")  # before the slow model loading
     require_artifacts(config)
@@ -97,7 +98,20 @@ def build_table(
     }
 
 
+def summary_text(summary: dict) -> str:
+    """The human summary of :func:`build_table`'s result (:func:`~infalign_jax.cli.run_summary`); ``already
+    complete: ...`` when the table was complete before (no new prompts)."""
+    rows = [
+        ("prompts added this run", f"{summary['new_prompts']}"),
+        ("time", f"{summary['seconds']:.1f} s"),
+    ]
+    title = f"calibration table: {summary['prompts']} prompts x K = {summary['k']} reference rewards"
+    done = summary["new_prompts"] == 0
+    return run_summary(title, rows, summary["table"], already_complete=done)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI (see the module docstring); ends with :func:`summary_text` on stdout."""
     from absl import flags
 
     config, fv = parse_config_flags(
@@ -107,13 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         define_flags=lambda fv: flags.DEFINE_string(
             "workdir", None, "table directory (default: the config's hh.table_dir)", flag_values=fv
         ),
+        description=__doc__,
     )
     if config.get("problem") != "hh" or "hh" not in config:
         raise UsageError(
             f"calibrate builds tables for problem 'hh', the config has {config.get('problem')!r}"
         )
     summary = build_table(config, fv.workdir, progress=bool(config.progress))
-    print(json.dumps(summary))
+    print(summary_text(summary), flush=True)
     return 0
 
 

@@ -3,6 +3,11 @@
 Every CLI in the package wraps its ``main`` with :func:`run_main`. Library code raises :class:`UsageError`
 (a ``ValueError``) for invalid user input — bad specs, configs, files — so notebooks see a normal exception
 and shells see ``error: <message>`` on stderr with exit status 2.
+
+Config-driven CLIs (:func:`parse_config_flags`) answer ``-h`` / ``--help`` with their flags and every field of
+the config (:mod:`infalign_jax.config_docs`: name, default, the description from the config file's comments),
+without loading data or models. Training CLIs end with :func:`run_summary` on stdout: the numbers a user looks
+for and where the outputs are, or ``already complete: ...`` when a rerun found the work done.
 """
 
 from __future__ import annotations
@@ -10,16 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-
-class UsageError(ValueError):
-    """Invalid user input (spec, config, file). CLIs report it as one line and exit with status 2."""
-
-
-EXIT_USAGE = 2
+from infalign_jax.errors import EXIT_USAGE, UsageError  # noqa: F401  (re-exported)
 
 
 def _one_line(e: BaseException) -> str:
@@ -75,23 +76,110 @@ def _config_arg(args: Sequence[str]) -> str | None:
     return value
 
 
+HELP_FLAGS = ("-h", "--help", "--helpfull", "--helpshort")
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def help_requested(args: Sequence[str]) -> bool:
+    """True if ``args`` (before a ``--``) hold one of :data:`HELP_FLAGS`."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg in HELP_FLAGS:
+            return True
+    return False
+
+
+def default_config_path(example: str) -> Path:
+    """A CLI's default config (``example``, e.g. ``configs/ctrl_bandit.py``): in the checkout this package
+    lives in if it is there, else relative to the working directory."""
+    in_repo = _REPO_ROOT / example
+    return in_repo if in_repo.is_file() else Path(example)
+
+
+_FLAG_METAVARS = {"string": "VALUE", "int": "INT", "float": "FLOAT"}
+
+
+def _flag_lines(fv) -> list[tuple[str, str]]:
+    """``(--name VALUE, help (default: ...))`` per absl flag of ``fv``, in definition order."""
+    seen, rows = set(), []
+    for name in fv:
+        flag = fv[name]
+        if id(flag) in seen:
+            continue
+        seen.add(id(flag))
+        kind = flag.flag_type()
+        metavar = _FLAG_METAVARS.get(kind, "VALUE")
+        spec = f"--[no]{flag.name}" if kind == "bool" else f"--{flag.name} {metavar}"
+        default = f" (default: {flag.default!r})" if flag.default is not None else ""
+        rows.append((spec, f"{flag.help}{default}"))
+    return rows
+
+
+def config_help(
+    args: Sequence[str],
+    *,
+    prog: str,
+    example: str,
+    define_flags: Callable | None = None,
+    description: str = "",
+) -> str:
+    """The ``--help`` text of a :func:`parse_config_flags` CLI: usage, ``description``, its flags, and every
+    field of the config named by ``--config`` in ``args`` (else the CLI's default config ``example``) with its
+    default and description (:mod:`infalign_jax.config_docs`). Reads only the config file."""
+    from absl import flags
+
+    from infalign_jax.config_docs import config_file_docs, format_fields
+
+    fv = flags.FlagValues()
+    if define_flags is not None:
+        define_flags(fv)
+    rows = [
+        ("--config FILE", f"the ml_collections config file (required), e.g. {example}"),
+        ("--config.NAME=VALUE", "override one field of the config (the fields are listed below)"),
+        *_flag_lines(fv),
+        ("-h, --help", "show this help and exit"),
+    ]
+    width = max(len(spec) for spec, _ in rows)
+    lines = [f"usage: {prog} --config FILE [--config.NAME=VALUE ...] [flags]", ""]
+    if description:
+        lines += [inspect.cleandoc(description), ""]
+    lines += ["flags:", *(f"  {spec:<{width}}  {text}" for spec, text in rows), ""]
+    spec = _config_arg(args) or str(default_config_path(example))
+    path, *config_args = spec.split(":", 1)
+    if config_args or Path(path).is_file():
+        lines += [f"config fields of {spec} (name = default, then its description):", ""]
+        lines.append(format_fields(config_file_docs(path, *config_args)))
+    else:
+        lines.append(f"(no config file at {path}: pass --config FILE --help to list a config's fields)")
+    return "\n".join(lines)
+
+
 def parse_config_flags(
     argv: Sequence[str] | None,
     *,
     prog: str,
     example: str,
     define_flags: Callable | None = None,
+    description: str = "",
 ):
     """Parses ``--config FILE [--config.key=value ...]`` (ml_collections) plus the absl flags that
     ``define_flags(flag_values)`` declares. Returns ``(config, flag_values)``; any problem (missing
     ``--config``, unknown flag or config field, a config file that fails to load, a stray positional
-    argument) raises one :class:`UsageError`.
+    argument) raises one :class:`UsageError`. ``-h`` / ``--help`` prints :func:`config_help` (with
+    ``description``, e.g. the CLI module's docstring) and exits with status 0.
     ``argv`` excludes the program name (``None``: ``sys.argv[1:]``).
     """
     from absl import flags
     from ml_collections import config_flags
 
     args = [prog, *(sys.argv[1:] if argv is None else argv)]
+    if help_requested(args[1:]):
+        text = config_help(
+            args[1:], prog=prog, example=example, define_flags=define_flags, description=description
+        )
+        print(text, flush=True)
+        raise SystemExit(0)
     config_file = _config_arg(args[1:])
     if config_file:
         # Loaded here first for clear errors: ml_collections lets most config-file exceptions escape raw.
@@ -128,8 +216,33 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def run_summary(
+    title: str,
+    rows: Sequence[tuple[str, str]] = (),
+    outputs: str | Path | None = None,
+    *,
+    lines: Sequence[str] = (),
+    already_complete: bool = False,
+) -> str:
+    """The short human summary a training CLI prints last on stdout (its JSON files hold everything):
+    ``title``, the numbers a user looks for as aligned ``name  value`` ``rows`` (and any preformatted
+    ``lines``, e.g. a table), and where the outputs are. A rerun that found the work done and redid nothing
+    (``already_complete``) starts with one line ``already complete: <title>; outputs in <outputs>``."""
+    width = max((len(name) for name, _ in rows), default=0)
+    head = f"already complete: {title}; outputs in {outputs}" if already_complete else title
+    body = [f"  {name:<{width}}  {value}" for name, value in rows] + [f"  {line}" for line in lines]
+    tail = [f"  outputs: {outputs}"] if outputs is not None and not already_complete else []
+    return "\n".join([head, *body, *tail])
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Runs ``main(argv)`` and exits; a :class:`UsageError` becomes ``error: ...`` on stderr and exit 2."""
+    """Runs ``main(argv)`` and exits; a :class:`UsageError` becomes ``error: ...`` on stderr and exit 2.
+
+    Libraries' absl WARNING records (Orbax: ``WARNING:absl:Metadata file does not exist: ...``) are silenced:
+    they printed around clean refusals, and the CLIs report what matters as their own ``warning:`` lines."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         code = main(argv)
     except UsageError as e:

@@ -76,15 +76,71 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _first_nonfinite(obj: Any, where: str = "") -> str | None:
+    """The key path (``a.b[2]``) of the first NaN / ±inf float in a JSON-like ``obj``, else None."""
+    if isinstance(obj, float):
+        return None if obj == obj and abs(obj) != float("inf") else (where or "the value")
+    items = (
+        obj.items() if isinstance(obj, Mapping) else enumerate(obj) if isinstance(obj, list | tuple) else ()
+    )
+    for k, v in items:
+        found = _first_nonfinite(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}".lstrip("."))
+        if found:
+            return found
+    return None
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+    """Writes ``obj`` as JSON (atomically). NaN and ±inf are refused (``ValueError`` naming the file and the
+    key; nothing written): JSON has no such numbers, so ``json.dumps``' default ``NaN`` made invalid files."""
+    try:
+        text = json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False)
+    except ValueError as e:
+        where = _first_nonfinite(obj)
+        if where is None:
+            raise
+        raise ValueError(
+            f"refusing to write {path}: {where} is not a finite number (JSON has no NaN/inf)"
+        ) from e
+    atomic_write_text(path, text + "\n")
+
+
+def read_npz(path: str | os.PathLike, names: tuple[str, ...], what: str) -> dict[str, Any]:
+    """The arrays ``names`` of the ``.npz`` file at ``path`` (no pickles). A missing, empty, truncated or
+    corrupt file, one that is not a zip of arrays (e.g. a ``.npy``) or lacks one of ``names`` raises one
+    :class:`~infalign_jax.errors.UsageError` starting ``"<what> <path> is missing or damaged"``: numpy raises
+    EOFError, BadZipFile, zlib.error, ValueError, OSError or KeyError for these."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    from infalign_jax.errors import UsageError
+
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file loads as a bare array
+            raise ValueError("it holds a single array, not an npz archive")
+        with z:
+            missing = [n for n in names if n not in z.files]
+            if missing:
+                raise KeyError(f"no array(s) {', '.join(missing)} (has {', '.join(z.files) or 'none'})")
+            return {n: z[n] for n in names}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        why = f"{type(e).__name__}: {' '.join(str(e).split())}" if str(e) else type(e).__name__
+        if isinstance(e, ValueError) and "pickle" in str(e):  # numpy's guess for a file of no known format
+            why = "neither a zip archive nor a .npy array"
+        arrays = " and ".join(repr(n) for n in names)
+        raise UsageError(
+            f"{what} {path} is missing or damaged, not an npz with arrays {arrays} ({why})"
+        ) from None
 
 
 def check_directory_path(path: str | os.PathLike, what: str = "directory") -> Path:
     """``path`` if it is a directory or could be created as one (nothing but directories at it and above it);
-    otherwise one :class:`~infalign_jax.cli.UsageError` naming ``what`` and the blocking file. Creates
+    otherwise one :class:`~infalign_jax.errors.UsageError` naming ``what`` and the blocking file. Creates
     nothing: for checks before slow work whose outputs come later."""
-    from infalign_jax.cli import UsageError
+    from infalign_jax.errors import UsageError
 
     path = Path(path)
     for p in (path, *path.parents):
@@ -100,9 +156,9 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Creates directory ``path`` (and its parents) if needed and checks that entries can be created in it.
 
     For CLIs, before long work: a file in the way, a missing permission or a read-only filesystem raises one
-    :class:`~infalign_jax.cli.UsageError` naming ``path``.
+    :class:`~infalign_jax.errors.UsageError` naming ``path``.
     """
-    from infalign_jax.cli import UsageError
+    from infalign_jax.errors import UsageError
 
     path = Path(path)
     try:
@@ -116,8 +172,9 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 
 
 def _check_replaceable(path: Path, replace: bool | Callable[[Path], bool]) -> None:
-    """Raises :class:`~infalign_jax.cli.UsageError` if :func:`atomic_directory` must not replace ``path``."""
-    from infalign_jax.cli import UsageError
+    """Raises :class:`~infalign_jax.errors.UsageError` if :func:`atomic_directory` must not replace
+    ``path``."""
+    from infalign_jax.errors import UsageError
 
     if not os.path.lexists(path) or replace is True:
         return
@@ -144,12 +201,12 @@ def atomic_directory(
     The temporary directory is a sibling of ``path`` (same filesystem, so the final rename is atomic). An
     existing ``path`` is never deleted silently: an empty directory is replaced; anything else only with
     ``replace=True``, or if it is a directory for which ``replace(path)`` is true (e.g. "holds only the
-    files an earlier run wrote"). Otherwise :class:`~infalign_jax.cli.UsageError` is raised before the block
+    files an earlier run wrote"). Otherwise :class:`UsageError` is raised before the block
     runs, and again (nothing replaced) if such a ``path`` appeared while it ran. The replaced entry is moved
     aside first and deleted only after the new directory is in place. This guards against a failed or
     killed process, not a power loss: files written into the temporary directory are not fsynced here.
     """
-    from infalign_jax.cli import UsageError
+    from infalign_jax.errors import UsageError
 
     path = Path(os.path.abspath(path))  # '.' or 'a/..' has no name, and its parent would be itself
     if path == Path.cwd() or path in Path.cwd().parents:
@@ -172,3 +229,30 @@ def atomic_directory(
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def import_transformers():
+    """``import transformers`` without its ``PyTorch was not found. Models won't be available...`` banner;
+    returns the module.
+
+    This package uses transformers for tokenizers and configurations only (its models are JAX), so the banner
+    is noise. It is an "advisory" warning that transformers prints while its ``__init__`` runs, and
+    ``TRANSFORMERS_NO_ADVISORY_WARNINGS`` (which transformers honours) is set for that first import only:
+    every later warning, advisory or not, still shows. Every module of this package that imports transformers
+    calls this first.
+    """
+    import sys
+
+    if "transformers" in sys.modules:
+        return sys.modules["transformers"]
+    key = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    saved = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        import transformers
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
+    return transformers

@@ -10,23 +10,25 @@
 3. Results: ``<workdir>/summary.json``, a table on stdout and ``<workdir>/frontier.png`` (the learned policies
    on the analytic win-rate/KL curves). Each run's checkpoints, metrics and TensorBoard events sit in
    ``<workdir>/<method>/``; rerunning with the same workdir resumes instead of retraining (the settings are
-   recorded in ``<workdir>/settings.json``; other settings in the same workdir are refused, exit 2).
+   recorded in ``<workdir>/settings.json``; other settings in the same workdir are refused, exit 2). Paths
+   recorded in the workdir are relative to it (Φ* is ``table:phi_star.npz``), so a moved or copied workdir
+   resumes too.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 from pathlib import Path
 
 import jax
 
-from infalign_jax import run_settings
+from infalign_jax import config_checks, run_settings
 from infalign_jax.analytic import command as analytic_command
 from infalign_jax.analytic.plotting import figure_png_bytes, frontier_figure
 from infalign_jax.analytic.solver import DEFAULT_CELLS, as_procedure
-from infalign_jax.cli import ArgumentParser, UsageError, load_config_file, run_main
+from infalign_jax.cli import ArgumentParser, UsageError, load_config_file, run_main, run_summary
 from infalign_jax.ctrl.bandit import EVAL_PROCEDURES
 from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
 from infalign_jax.preemption import EXIT_PREEMPTED, Preempted
@@ -34,6 +36,7 @@ from infalign_jax.seeds import check_seed
 from infalign_jax.train import train
 
 BANDIT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ctrl_bandit.py"
+PHI_STAR = "phi_star.npz"  # Φ* exported for the optimal run, in the workdir (named relative to it)
 METHODS = ("identity", "exponential", "optimal")
 
 
@@ -42,10 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--procedure", default="bon:4", help=f"deployed procedure, one of {sorted(EVAL_PROCEDURES.values())}"
     )
-    p.add_argument("--kl", type=float, default=0.3, help="KL(π‖π_ref) budget every method is matched to")
-    p.add_argument("--workdir", type=Path, default=Path("runs/main"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300, help="CTRL steps per method")
+    p.add_argument(
+        "--kl", type=float, default=0.3, help="KL(π‖π_ref) budget every method is matched to (default 0.3)"
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("runs/main"),
+        help="output directory; a rerun with the same settings resumes or reports it complete "
+        "(default runs/main)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every CTRL run (default 0)")
+    p.add_argument("--steps", type=int, default=300, help="CTRL steps per method (default 300)")
     return p
 
 
@@ -57,8 +68,9 @@ def _eval_name(spec: str) -> str:
     return names[spec]
 
 
-def _method_settings(report: dict, phi_star_path: Path) -> dict[str, tuple[str, float]]:
-    """method -> (transform spec, β), every β chosen by the solver so the prediction lands on the budget."""
+def _method_settings(report: dict, phi_star_path: str | Path) -> dict[str, tuple[str, float]]:
+    """method -> (transform spec, β), every β chosen by the solver so the prediction lands on the budget;
+    the optimal method's spec is ``table:<phi_star_path>``."""
     point = report["points"][0]
     t = point["exponential"]["t"]
     exponential = "identity" if abs(t) < 1e-3 else f"exp:{t:.6g}"  # t ≈ 0 (T = identity): Φ_t is u
@@ -90,10 +102,9 @@ def _claim_workdir(workdir: Path, settings: dict) -> None:
     compared = settings
     if previous is not None and "steps" not in previous:  # an interrupted run recorded before --steps was:
         compared = {k: v for k, v in settings.items() if k != "steps"}  # each CTRL run's own check decides
-    if previous is not None and (changed := run_settings.diffs(previous, compared)):
-        raise UsageError(
-            f"--workdir {workdir} holds a run with other settings ({run_settings.summary(changed)}); "
-            "use another --workdir"
+    if previous is not None:  # the one resume rule (--steps never changes: the lr decays over the run)
+        run_settings.check_resumable(
+            previous, compared, where=f"--workdir {workdir}", length_key="steps", hint="use another --workdir"
         )
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -105,15 +116,12 @@ def _claim_workdir(workdir: Path, settings: dict) -> None:
 
 def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict:
     """Runs the three stages; returns the summary written to ``workdir/summary.json``."""
-    # Absolute: the optimal run's transform names workdir/phi_star.npz and its resume check compares that
-    # path, so `--workdir r2` and `--workdir $PWD/r2` must give the same one.
+    # Absolute: the CTRL runs below work in the workdir (see there), so a relative one would name another.
     workdir = Path(workdir).resolve()
     spec = as_procedure(procedure).spec
     eval_name = _eval_name(spec)
-    if not 0.0 < kl <= 2.0:
-        raise UsageError(f"--kl must be in (0, 2], got {kl}")
-    if steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {steps}")
+    config_checks.number(kl, "--kl", gt=0, le=2)
+    config_checks.number(steps, "--steps", integer=True, ge=1)
     check_seed(seed, "--seed")  # before the workdir is claimed: a bad seed must not block the corrected rerun
     if not BANDIT_CONFIG.is_file():  # configs/ is not part of a wheel: the main job needs a checkout
         raise UsageError(
@@ -124,19 +132,23 @@ def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict
     # 1. Theory: the three transformations at the budget, and Φ* exported as a table for the trainer.
     report, results = analytic_command.analyze(spec, [kl], grid=DEFAULT_CELLS, with_curves=True)
     phi_star = jax.tree.map(lambda x: x[0], results[0])
-    phi_star_path = workdir / "phi_star.npz"
-    atomic_write_bytes(phi_star_path, analytic_command.transform_npz_bytes(phi_star, spec, DEFAULT_CELLS))
+    phi_star_npz = analytic_command.transform_npz_bytes(phi_star, spec, DEFAULT_CELLS)
+    atomic_write_bytes(workdir / PHI_STAR, phi_star_npz)
 
     # 2. CTRL on the bandit, one run per transformation.
     runs = {}
-    for method, (transform, beta) in _method_settings(report, phi_star_path).items():
+    for method, (transform, beta) in _method_settings(report, PHI_STAR).items():
         config = load_config_file(BANDIT_CONFIG)
         config.transform, config.beta, config.procedure = transform, float(beta), spec
         config.seed, config.num_steps = seed, steps
         print(
             f"[main] CTRL on the bandit: {method} (Φ = {transform.split(':')[0]}, β = {beta:.4f})", flush=True
         )
-        result = train(config, workdir / method)
+        # Trained with the workdir as the working directory: the optimal run's transform 'table:phi_star.npz'
+        # is relative to it, so the settings its checkpoints record (compared on resume) and summary.json
+        # hold no absolute path, and a moved or copied workdir resumes. The workdir passed is absolute.
+        with contextlib.chdir(workdir):
+            result = train(config, workdir / method)
         runs[method] = {
             "transform": transform,
             "beta": float(beta),
@@ -188,16 +200,37 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def finished_run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict | None:
+    """The summary (``summary.json``) of the main job finished in ``workdir`` with these settings (its
+    figure written, every method trained), else None. Reads only."""
+    workdir = Path(workdir)
+    if not ((workdir / "summary.json").is_file() and (workdir / "frontier.png").is_file()):
+        return None
     try:
-        summary = run(args.procedure, args.kl, args.workdir, args.seed, args.steps)
-    except Preempted as e:  # a checkpoint of the running method was saved: the same command resumes
-        print(str(e), file=sys.stderr)
-        return EXIT_PREEMPTED
-    print(format_summary(summary))
-    print(f"[main] wrote {args.workdir / 'summary.json'} and {args.workdir / 'frontier.png'}")
-    print(json.dumps({m: round(r["win_rate"], 4) for m, r in summary["ctrl"].items()}))
+        summary = run_settings.read_settings(workdir / "summary.json")
+    except UsageError:
+        return None
+    wanted = {"procedure": as_procedure(procedure).spec, "kl_budget": kl, "seed": seed, "steps": steps}
+    if any(summary.get(k) != v for k, v in wanted.items()) or set(summary.get("ctrl", ())) != set(METHODS):
+        return None
+    return summary
+
+
+def main(argv=None) -> int:
+    """The CLI (see the module docstring). Ends with the per-method table and where the outputs are; a rerun
+    of a finished job with the same settings prints ``already complete: ...`` and trains nothing."""
+    args = build_parser().parse_args(argv)
+    summary = finished_run(args.procedure, args.kl, args.workdir, args.seed, args.steps)
+    done = summary is not None
+    if not done:
+        try:
+            summary = run(args.procedure, args.kl, args.workdir, args.seed, args.steps)
+        except Preempted as e:  # a checkpoint of the running method was saved: the same command resumes
+            print(str(e), file=sys.stderr)
+            return EXIT_PREEMPTED
+    title, *table = format_summary(summary).splitlines()
+    files = ", ".join(("summary.json", "frontier.png", "phi_star.npz", *(f"{m}/" for m in METHODS)))
+    print(run_summary(title, lines=table, outputs=f"{args.workdir} ({files})", already_complete=done))
     return 0
 
 

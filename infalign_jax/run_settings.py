@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 MISSING = "(none)"
 
@@ -33,8 +33,19 @@ def diffs(old: dict, new: dict, ignore: Iterable[str] = ()) -> list[str]:
     return [
         f"{k}: {old.get(k, MISSING)!r} -> {new.get(k, MISSING)!r}"
         for k in sorted(old.keys() | new.keys())
-        if not skip(k) and old.get(k, MISSING) != new.get(k, MISSING)
+        if not skip(k) and not _same(old.get(k, MISSING), new.get(k, MISSING))
     ]
+
+
+def _same(a, b) -> bool:
+    """``a == b``, except that NaN equals NaN (also inside lists): a NaN setting recorded by an earlier run
+    would otherwise never match itself (the rerun was refused as ``optim.lr: nan -> nan``)."""
+    if a == b:
+        return True
+    try:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    except (TypeError, ValueError):
+        return False
 
 
 def summary(changes: list[str], n: int = 4) -> str:
@@ -52,3 +63,57 @@ def read_settings(path: Path) -> dict:
     if not isinstance(settings, dict):
         raise UsageError(f"cannot read {path}: not a JSON object")
     return settings
+
+
+# ------------------------------------------------------------------------------------ the workdir's record
+
+RECORD = "settings.json"
+
+
+def recorded(workdir: Path, name: str = RECORD) -> dict | None:
+    """The settings recorded in ``workdir/name`` (None: no record; a damaged one is a UsageError)."""
+    path = Path(workdir) / name
+    return read_settings(path) if path.is_file() else None
+
+
+def record(workdir: Path, settings: dict, name: str = RECORD) -> None:
+    """Records ``settings`` in ``workdir/name`` (atomically; rewritten only when they differ)."""
+    from infalign_jax.io_utils import atomic_write_json
+
+    if recorded(workdir, name) != settings:
+        atomic_write_json(Path(workdir) / name, settings)
+
+
+def check_resumable(
+    old: dict,
+    new: dict,
+    *,
+    where: str,
+    resumable: Iterable[str] = (),
+    extendable: bool = False,
+    length_key: str = "num_steps",
+    length_note: str = "",
+    hint: str = "use another workdir",
+) -> None:
+    """The one resume rule of every trainer: UsageError unless the run recorded as ``old`` (nested or
+    flat settings) may be continued with ``new``.
+
+    Every setting outside ``resumable`` (and the keys under them) must be equal: resuming with another one
+    would report the old run's policy under the new settings. The run length ``length_key`` may change only
+    when ``extendable`` (a learning rate that does not decay over the run: otherwise a 200-step run
+    continued to 400 steps is neither, yet would be reported as the latter); ``length_note`` says why not.
+    ``where`` names the run (``"W holds a run ..."``), ``hint`` what to do instead."""
+    old, new = flatten(old), flatten(new)
+    resumable = tuple(resumable)
+    if changed := diffs(old, new, ignore=resumable):
+        more = f" (a resumed run may change only {', '.join(resumable)})" if resumable else ""
+        raise UsageError(
+            f"{where} holds a run with other settings ({summary(changed)}); resuming it would mix them — "
+            f"{hint}{more}"
+        )
+    was, now = old.get(length_key, MISSING), new.get(length_key, MISSING)
+    if was != now and not extendable:
+        raise UsageError(
+            f"{where} holds a run of {length_key} {was}{length_note}, so resuming it with {length_key} {now} "
+            f"would not give a {now}-step run — {hint}"
+        )

@@ -2,7 +2,7 @@
 
 Seeds are integers in [0, 2**32): without x64 JAX keeps only a seed's low 32 bits (so 2**32 would silently
 give the samples of 0), and NumPy / grain reject negative seeds deep inside a run. Checking at the start of a
-run turns both into one clear :class:`~infalign_jax.cli.UsageError` before anything is written.
+run turns both into one clear :class:`~infalign_jax.errors.UsageError` before anything is written.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 SEED_LIMIT = 2**32
 

@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from infalign_jax import config_checks as cc
 from infalign_jax import run_settings
 from infalign_jax.cli import (
     UsageError,
@@ -47,6 +48,7 @@ from infalign_jax.cli import (
     initialize_distributed,
     parse_config_flags,
     run_main,
+    run_summary,
 )
 from infalign_jax.io_utils import atomic_write_json, check_directory_path
 from infalign_jax.preemption import EXIT_PREEMPTED, Preempted, sigterm_flag
@@ -159,8 +161,25 @@ def _abstract_model(config: ml_collections.ConfigDict, vocab_size: int):
     return nnx.split(nnx.eval_shape(lambda: Transformer(model_config(config, vocab_size), rngs=nnx.Rngs(0))))
 
 
+INTEGER_FIELDS = ("batch_size", "num_steps", "log_every", "eval_every", "checkpoint_every")
+INTEGER_FIELDS += ("keep_checkpoints",)
+
+
 def _is_int(v, minimum: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+# Numeric fields checked first (config_checks.number bounds): learning_rate=nan used to train to NaN weights
+# and export them.
+CONFIG_NUMBERS = tuple((name, cc.COUNT) for name in INTEGER_FIELDS) + (
+    ("learning_rate", cc.POSITIVE),
+    ("end_lr_fraction", cc.NON_NEGATIVE),
+    ("weight_decay", cc.NON_NEGATIVE),
+    ("b1", cc.ADAM_BETA),
+    ("b2", cc.ADAM_BETA),
+    ("grad_clip", cc.POSITIVE),
+    ("num_samples", dict(integer=True, ge=0)),
+)
 
 
 def _check_config(config) -> None:
@@ -169,16 +188,7 @@ def _check_config(config) -> None:
     from infalign_jax.sampling import SamplingConfig
     from infalign_jax.tokenizer_train import MIN_VOCAB_SIZE
 
-    for name in (
-        "batch_size",
-        "num_steps",
-        "log_every",
-        "eval_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-    ):
-        if not _is_int(config[name], 1):
-            raise UsageError(f"{name} must be an integer >= 1, got {config[name]!r}")
+    cc.numbers(config, CONFIG_NUMBERS)
     check_seed(config.seed)
     n_data = jax.device_count()
     if config.batch_size % n_data:
@@ -198,6 +208,12 @@ def _check_config(config) -> None:
     if not config.tokenizer_path and not _is_int(config.vocab_size, MIN_VOCAB_SIZE):
         raise UsageError(f"vocab_size must be an integer >= {MIN_VOCAB_SIZE}, got {config.vocab_size!r}")
     model_config(config, config.vocab_size)  # the model block's own checks (heads, architecture, ...)
+    if not config.tokenizer_path:
+        cc.check_array_bytes(
+            "the float32 [B, T, V] logits",
+            4 * config.batch_size * config.max_len * config.vocab_size,
+            "batch_size x max_len x vocab_size",
+        )
     if config.num_samples > 0:
         if not _is_int(config.sample_max_new_tokens, 1):
             raise UsageError(
@@ -301,6 +317,22 @@ def evaluate(eval_step, state, loader, mesh) -> dict:
         nll, n = nll + float(s), n + float(c)
     loss = nll / max(n, 1.0)
     return {"eval_loss": loss, "eval_perplexity": math.exp(loss), "eval_targets": int(n)}
+
+
+def _check_finite(mngr, writer, step: int, rows: list[dict]) -> None:
+    """Stops the run (train.NonFiniteError, exit 1) when a loss or gradient norm since the last check is NaN
+    or infinite: before it is logged, checkpointed or exported (the last checkpoint stays the newest)."""
+    from infalign_jax.train import NonFiniteError
+
+    bad = [f"{k}={float(v)}" for row in rows for k, v in row.items() if not np.isfinite(float(v))]
+    if bad:
+        mngr.wait_until_finished()  # an earlier checkpoint still being written completes
+        writer.close()  # the finite rows logged so far are kept; the progress bar ends its line
+        last = mngr.latest_step()
+        raise NonFiniteError(
+            f"non-finite SFT values by step {step} ({', '.join(bad[:3])}); stopped without saving — last "
+            f"checkpoint: {'none' if last is None else f'step {last}'}"
+        )
 
 
 def _checkpoint_manager(path: Path, config, create: bool = True):
@@ -518,6 +550,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
             # resumed from it (checkpoint_every not a multiple of log_every) would average fewer steps.
             if step % config.log_every == 0 or save or sigterm:
                 fetched = jax.device_get(pending)
+                _check_finite(mngr, writer, step, [{k: m[k] for k in ("loss", "grad_norm")} for m in fetched])
                 last = {
                     "train_loss": float(np.mean([m["loss"] for m in fetched])),
                     "grad_norm": float(fetched[-1]["grad_norm"]),
@@ -528,6 +561,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
             if step % config.eval_every == 0 or final:
                 eval_loader.restore({"epoch": 0, "index": 0})
                 evaluated = evaluate(eval_step, state, eval_loader, mesh)
+                _check_finite(mngr, writer, step, [evaluated])
                 writer.write(step, evaluated)
             if save or sigterm:
                 writer.flush()  # the logs of every step the checkpoint covers are on disk first
@@ -563,7 +597,48 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, overwri
     return results
 
 
+# Settings that do not change what a finished run wrote: where things are, how often it logged, and the run
+# length (compared with the steps eval.json records instead: a run extended under a constant learning rate
+# keeps its first run_config.json).
+_NOT_IN_RESULTS = ("workdir", "data_dir", "manual_dir", "log_every", "eval_every", "checkpoint_every")
+_NOT_IN_RESULTS += ("keep_checkpoints", "num_steps")
+
+
+def finished_run(config: ml_collections.ConfigDict, workdir: Path) -> dict | None:
+    """The results (``eval.json``) of the run of ``config`` finished in ``workdir`` — its export written, the
+    settings it was started with (``run_config.json``) equal to ``config`` but for where things are and how
+    often it logged, ``config.num_steps`` steps trained —, else None. Reads only."""
+    if not all((workdir / n).exists() for n in (EXPORT, "eval.json", RUN_CONFIG)):
+        return None
+    try:
+        results = run_settings.read_settings(workdir / "eval.json")
+        started = run_settings.flatten(run_settings.read_settings(workdir / RUN_CONFIG))
+    except UsageError:
+        return None
+    now = run_settings.flatten(json.loads(json.dumps(config.to_dict())))
+    if run_settings.diffs(started, now, ignore=_NOT_IN_RESULTS) or results.get("steps") != config.num_steps:
+        return None
+    return results
+
+
+def summary_text(results: dict, workdir: Path, already_complete: bool = False) -> str:
+    """The human summary of a finished run (:func:`~infalign_jax.cli.run_summary`): held-out loss and
+    perplexity, and where the outputs are."""
+    r = results
+    title = f"SFT: {r['steps']} steps, {r['num_params']:,} parameters, {r['train_examples']} train dialogues"
+    held_out = f"{r['eval_loss']:.4f} (perplexity {r['eval_perplexity']:.2f}, {r['eval_examples']} dialogues)"
+    rows = [("held-out loss", held_out)]
+    if r.get("train_loss_last") is not None:
+        rows.append(("train loss (last log)", f"{r['train_loss_last']:.4f}"))
+    if r.get("wall_time_s") is not None:
+        rows.append(("wall time", f"{r['wall_time_s']} s"))
+    found = [n + "/" * (workdir / n).is_dir() for n in RUN_OUTPUTS if (workdir / n).exists()]
+    return run_summary(title, rows, f"{workdir} ({', '.join(found)})", already_complete=already_complete)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI (see the module docstring). Ends with :func:`summary_text` on stdout; rerun on a finished run
+    with the same settings, it prints ``already complete: ...`` and exits 0 without touching the workdir."""
     from absl import flags
 
     def define(fv):
@@ -574,16 +649,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         define_distributed_flags(fv)
 
     config, fv = parse_config_flags(
-        argv, prog="python -m infalign_jax.sft", example="configs/sft_hh_tiny.py", define_flags=define
+        argv,
+        prog="python -m infalign_jax.sft",
+        example="configs/sft_hh_tiny.py",
+        define_flags=define,
+        description=__doc__,
     )
     initialize_distributed(fv)
+    workdir = Path(fv.workdir or config.workdir)
+    if not fv.overwrite and (done := finished_run(config, workdir)) is not None:  # nothing to redo
+        if jax.process_index() == 0:
+            print(summary_text(done, workdir, already_complete=True), flush=True)
+        return 0
+    from infalign_jax.train import EXIT_NONFINITE, NonFiniteError
+
     try:
         results = train(config, fv.workdir, fv.overwrite)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
     except Preempted as e:  # the same command resumes from the checkpoint it saved
         print(str(e), file=sys.stderr)
         return EXIT_PREEMPTED
-    summary = {k: v for k, v in results.items() if k != "samples"}
-    print(json.dumps(summary, indent=2))
+    if jax.process_index() == 0:
+        print(summary_text(results, workdir), flush=True)
     return 0
 
 

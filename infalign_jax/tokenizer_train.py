@@ -22,7 +22,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from infalign_jax.cli import ArgumentParser, UsageError, run_main
-from infalign_jax.io_utils import atomic_directory, ensure_writable_dir
+from infalign_jax.io_utils import (
+    atomic_directory,
+    check_directory_path,
+    ensure_writable_dir,
+    import_transformers,
+)
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, BOS, EOS)  # ids 0, 1, 2
@@ -34,11 +39,8 @@ MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + len(ROLE_TOKENS)  # the byte alphab
 _MAX_COUNT = 2**63 - 1  # vocab_size / min_frequency beyond this overflow the tokenizers library
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
-    """Trains a byte-level BPE ``tokenizers.Tokenizer`` on ``texts`` (deterministic for a fixed input
-    order)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
+def check_bpe_sizes(vocab_size: int, min_frequency: int) -> None:
+    """UsageError unless ``vocab_size`` and ``min_frequency`` are valid for :func:`train_bpe`."""
     if not MIN_VOCAB_SIZE <= vocab_size <= _MAX_COUNT:
         raise UsageError(
             f"vocab_size must be in [{MIN_VOCAB_SIZE}, {_MAX_COUNT}] (at least bytes + special + role "
@@ -46,6 +48,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int =
         )
     if not 0 <= min_frequency <= _MAX_COUNT:
         raise UsageError(f"min_frequency must be in [0, {_MAX_COUNT}], got {min_frequency}")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2):
+    """Trains a byte-level BPE ``tokenizers.Tokenizer`` on ``texts`` (deterministic for a fixed input
+    order)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    check_bpe_sizes(vocab_size, min_frequency)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -85,6 +95,7 @@ def save_tokenizer(tok, out_dir: str | os.PathLike) -> Path:
 
 def load_tokenizer(path: str | os.PathLike):
     """``transformers.AutoTokenizer`` for a directory written by :func:`save_tokenizer` (local files only)."""
+    import_transformers()  # no PyTorch banner
     from transformers import AutoTokenizer
 
     path = Path(path)
@@ -132,6 +143,8 @@ def train_hh_tokenizer(
     from infalign_jax.data.hh import load_hh
 
     out = Path(out_dir)
+    check_bpe_sizes(vocab_size, min_frequency)  # before the data is loaded
+    check_directory_path(out, "--out")
     if not overwrite and is_tokenizer_dir(out):
         raise UsageError(f"{out} already holds a tokenizer; pass --overwrite (overwrite=True) to replace it")
     source = load_hh("train", data_dir)
@@ -147,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data-dir", default="runs/data", help="HH TFDS data dir (built by infalign_jax.data.hh)"
     )
     ap.add_argument("--out", default="runs/tokenizer", help="output directory (must not hold other files)")
-    ap.add_argument("--vocab-size", type=int, default=4096)
+    ap.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size (default 4096)")
     ap.add_argument("--min-frequency", type=int, default=2, help="min pair count for a merge (>= 0)")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier tokenizer in --out")
     args = ap.parse_args(argv)

@@ -3,8 +3,11 @@
     python -m infalign_jax.train --config configs/ctrl_bandit.py --workdir W [--config.beta=..
     --config.transform=..]
 
-Rerunning with the same ``--workdir`` resumes from the latest checkpoint. SIGTERM saves a checkpoint and exits
-with status 143. A non-finite reward, loss or gradient stops the run (status 1) without writing a checkpoint.
+Rerunning with the same ``--workdir`` resumes from the newest intact checkpoint (a damaged newer one is set
+aside with a warning); the run's settings are recorded in ``W/settings.json`` first, and a rerun with other
+settings, or one that would overwrite a finished run's outputs, is refused (docs/reliability.md). SIGTERM
+saves a checkpoint and exits with status 143. A non-finite reward, loss or gradient stops the run (status 1)
+without writing a checkpoint.
 Invalid configs fail before anything runs (status 2). Outputs: ``W/metrics.jsonl``, ``W/tb/``,
 ``W/checkpoints/``, ``W/export/`` when the task defines an export (the LM task: the trained policy in the
 transformers layout), and ``W/final_eval.json`` when it defines an evaluation.
@@ -24,6 +27,7 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
+from infalign_jax import config_checks as cc
 from infalign_jax import run_settings
 from infalign_jax.analytic.procedures import parse_procedure
 from infalign_jax.analytic.solver import best_exponential
@@ -33,9 +37,11 @@ from infalign_jax.cli import (
     initialize_distributed,
     parse_config_flags,
     run_main,
+    run_summary,
 )
 from infalign_jax.ctrl import bandit
-from infalign_jax.ctrl.checkpoint import RunCheckpointer
+from infalign_jax.ctrl.calibration import BROADCAST_MAX_K
+from infalign_jax.ctrl.checkpoint import DAMAGED_DIR, RunCheckpointer
 from infalign_jax.ctrl.objective import LossConfig
 from infalign_jax.ctrl.train_step import CtrlProblem, CtrlTrainer, StepConfig, make_optimizer
 from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedure, parse_transform
@@ -79,10 +85,65 @@ def auto_exponential(procedure: str, kl_budget: float) -> tuple[Transform, float
     return transform, float(point.beta)
 
 
+# Numeric fields checked before any work (config_checks.number bounds): NaN / inf / out-of-range values used
+# to run (beta=inf, bandit.ref_scale=nan) or fail at step 2 after a checkpoint was saved (optim.lr=nan).
+CONFIG_NUMBERS = (
+    ("beta", cc.POSITIVE),
+    ("kl_budget", cc.POSITIVE),
+    ("clip_eps", dict(ge=0, lt=1)),
+    ("num_samples", dict(integer=True, ge=2)),
+    ("num_ref", cc.COUNT),
+    ("ppo_epochs", cc.COUNT),
+    ("num_steps", cc.COUNT),
+    ("prompts_per_step", cc.COUNT),
+    ("checkpoint_every", dict(integer=True, ge=0)),
+    ("max_to_keep", cc.COUNT),  # 0 kept no checkpoint (nothing to resume)
+    ("optim.lr", cc.POSITIVE),
+    ("optim.warmup_steps", dict(integer=True, ge=0)),  # a negative warmup stretched the decay
+    ("optim.end_factor", cc.NON_NEGATIVE),
+    ("optim.weight_decay", cc.NON_NEGATIVE),
+    ("optim.b1", cc.ADAM_BETA),
+    ("optim.b2", cc.ADAM_BETA),
+    ("optim.eps", cc.POSITIVE),
+    ("optim.max_grad_norm", cc.NON_NEGATIVE),  # 0 disables clipping
+    ("mesh.data", dict(integer=True, ge=0)),
+    ("mesh.fsdp", cc.COUNT),  # fsdp=0 built a mesh of no devices (then a SIGABRT)
+    ("bandit.ref_scale", {}),
+    ("bandit.num_contexts", cc.COUNT),
+    ("bandit.num_responses", dict(integer=True, ge=2)),
+    ("hh.num_prompts", cc.COUNT),
+    ("hh.max_prompt_len", dict(integer=True, ge=2)),
+    ("hh.max_new_tokens", cc.COUNT),
+    ("hh.calibration_batch_prompts", cc.COUNT),
+    ("hh.eval_samples", dict(integer=True, ge=0)),
+)
+
+
+def check_step_sizes(config: ml_collections.ConfigDict) -> None:
+    """Refuses a config whose largest step array (estimated: float32 [P, S, L] per-token values, [P, K, L]
+    reference tokens, int32 [P, S, K] counts of the broadcast calibration kernel) would not fit in memory."""
+    p, s, k = int(config.prompts_per_step), int(config.num_samples), int(config.num_ref)
+    length = int(config.hh.max_new_tokens) if config.problem == "hh" else 1
+    broadcast = config.calibration_method == "broadcast" or (
+        config.calibration_method == "auto" and k <= BROADCAST_MAX_K
+    )
+    arrays = [("[P, S, L] per-token values", 4 * p * s * length)]
+    arrays.append(("[P, K, L] references", 4 * p * k * length))
+    if broadcast:
+        arrays.append(("the [P, S, K] calibration counts", 4 * p * s * k))
+    what, nbytes = max(arrays, key=lambda a: a[1])
+    sizes = f"prompts_per_step={p}, num_samples={s}, num_ref={k}" + (
+        f", hh.max_new_tokens={length}" if config.problem == "hh" else ""
+    )
+    cc.check_array_bytes(what, nbytes, sizes)
+
+
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
     """Validates the config and builds the static step configuration (UsageError on any problem)."""
     parse_procedure(config.procedure)
     seed_key(config.seed)  # a seed outside [0, 2**32) would silently collide with another
+    cc.numbers(config, CONFIG_NUMBERS)
+    check_step_sizes(config)
     beta = float(config.beta)
     if config.auto_t:
         transform, beta = auto_exponential(config.procedure, config.kl_budget)
@@ -106,15 +167,6 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
     cfg.validate()
     if config.problem not in PROBLEMS:
         raise UsageError(f"unknown problem {config.problem!r}; expected one of {sorted(PROBLEMS)}")
-    if config.num_steps < 1 or config.prompts_per_step < 1:
-        raise UsageError("num_steps and prompts_per_step must be >= 1")
-    integers = (("checkpoint_every", 0), ("max_to_keep", 1), ("optim.warmup_steps", 0))
-    integers += (("mesh.data", 0), ("mesh.fsdp", 1))  # fsdp=0 built a mesh of no devices (then a SIGABRT)
-    for name, least in integers:
-        value = config[name] if "." not in name else config[name.split(".")[0]][name.split(".")[1]]
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            # max_to_keep 0 kept no checkpoint (nothing to resume); a negative warmup stretched the decay
-            raise UsageError(f"{name} must be an integer >= {least}, got {value!r}")
     if config.step_mode not in ("phased", "fused"):
         raise UsageError(f"step_mode must be 'phased' or 'fused', got {config.step_mode!r}")
     return cfg
@@ -123,34 +175,124 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
 # Config keys (or sections) a resumed run may change: run length (only under a constant learning rate, see
 # check_resumable) and bookkeeping, execution choices that give the same numbers up to float rounding (the
 # mesh — checkpoints restore onto any mesh; reductions then run in another order, ~1e-6 —, phased vs fused
-# steps, the calibration kernel), and the bandit's fault injection (tests resume a clean run with a NaN reward
-# switched on).
+# steps, the calibration kernel, the shared-prompt log-probs), and the bandit's fault injection (tests resume
+# a clean run with a NaN reward switched on).
 RESUMABLE_KEYS = ("num_steps", "checkpoint_every", "max_to_keep", "progress", "mesh", "step_mode")
-RESUMABLE_KEYS += ("calibration_method", "bandit.nan_response")
+RESUMABLE_KEYS += ("calibration_method", "bandit.nan_response", "shared_prompt")
 
 
 def check_resumable(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """UsageError if the run saved in ``workdir`` (its checkpoint's config, ``saved``) was made with settings
-    other than ``config`` (outside RESUMABLE_KEYS): resuming would report the old policy under the new
-    settings. A checkpoint without a saved config is not checked."""
+    """UsageError if the run recorded in ``workdir`` (its settings, ``saved``) was made with settings other
+    than ``config`` (outside RESUMABLE_KEYS): resuming would report the old policy under the new settings.
+    ``num_steps`` may change only under a constant learning rate (:func:`run_settings.check_resumable`)."""
     if not saved:
         return
-    old, new = run_settings.flatten(saved), run_settings.flatten(json.loads(json.dumps(config.to_dict())))
-    if changed := run_settings.diffs(old, new, ignore=RESUMABLE_KEYS):
-        raise UsageError(
-            f"{workdir} holds a run with other settings ({run_settings.summary(changed)}); resuming it would "
-            f"mix them — use another workdir (a resumed run may change only {', '.join(RESUMABLE_KEYS)})"
-        )
-    if old.get("num_steps") != new["num_steps"] and config.optim.schedule != "constant":
+    run_settings.check_resumable(
+        saved,
+        _settings(config),
+        where=str(workdir),
+        resumable=RESUMABLE_KEYS,
         # The decay of a cosine / linear schedule is spread over num_steps: continuing a 200-step run to 400
         # steps would give neither the 200-step nor the 400-step run (its lr already decayed), yet be reported
         # as the latter. Under a constant lr (after warmup) the extended run equals one of the longer length.
+        extendable=config.optim.schedule == "constant",
+        length_note=(
+            f"; with optim.schedule {config.optim.schedule!r} the learning rate of every step depends on "
+            "num_steps"
+        ),
+        hint="use another workdir (only runs with optim.schedule='constant' may be extended)"
+        if config.optim.schedule != "constant"
+        else "use another workdir",
+    )
+
+
+def _settings(config: ml_collections.ConfigDict) -> dict:
+    """The config as the JSON it is recorded as (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict()))
+
+
+# What a run writes into its workdir besides the settings record: a workdir holding any of them is a run's.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "final_eval.json", EXPORT_DIR)
+
+
+def _open_run(workdir: Path, config: ml_collections.ConfigDict, state):
+    """Claims ``workdir`` for the run of ``config``: ``(checkpointer, state)`` with the state of the newest
+    intact checkpoint restored (or ``state`` itself for a new run).
+
+    The run's settings are recorded in ``workdir/settings.json`` (:data:`run_settings.RECORD`) before
+    anything else is written, so that no deletion inside the workdir lets a rerun mix settings: a rerun with
+    other settings is refused whatever is left of the checkpoints. A workdir of an older version without the
+    record is checked against its newest checkpoint's config. Refused (UsageError, nothing written): other
+    settings; outputs of a run whose settings are recorded nowhere; a finished run (``final_eval.json`` or the
+    export) whose checkpoints are gone — starting over would overwrite its outputs: use another workdir; a
+    workdir whose checkpoints are all damaged; a checkpoint beyond ``num_steps``. A run interrupted before its
+    first checkpoint starts over (the same settings give the same steps; its logs are rewritten). A damaged
+    newest checkpoint (see :mod:`infalign_jax.ctrl.checkpoint`) is skipped for the newest intact one, with one
+    warning line on stderr."""
+    ckpt_dir = workdir / "checkpoints"
+    has_steps = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    saved = run_settings.recorded(workdir)
+    if saved is None and has_steps:  # a workdir of an older version: the settings are in its checkpoint
+        saved = _checkpoint_config(workdir, config)
+    if saved is None and (found := [n for n in RUN_OUTPUTS if _holds_something(workdir / n)]):
         raise UsageError(
-            f"{workdir} holds a run of num_steps {old.get('num_steps')}; with optim.schedule "
-            f"{config.optim.schedule!r} the learning rate of every step depends on num_steps, so resuming it "
-            f"with num_steps {new['num_steps']} would not give a {new['num_steps']}-step run — use another "
-            "workdir (only runs with optim.schedule='constant' may be extended)"
+            f"{workdir} holds outputs of an earlier run ({', '.join(found)}) but no record of its settings "
+            f"({run_settings.RECORD}); resuming or overwriting it could mix two runs — use another workdir"
         )
+    check_resumable(saved, config, workdir)
+    if not has_steps and (done := [n for n in ("final_eval.json", EXPORT_DIR) if (workdir / n).exists()]):
+        raise UsageError(
+            f"{workdir} holds a finished run ({', '.join(done)}) but no checkpoint: starting over would "
+            "overwrite its outputs — use another workdir"
+        )
+    if jax.process_count() > 1:  # every process has checked the workdir before process 0 writes into it
+        multihost_utils.sync_global_devices("infalign_jax.train: workdir checked")
+    if not has_steps and jax.process_index() == 0:  # a new run: its record first, then checkpoints/
+        run_settings.record(workdir, _settings(config))
+    ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
+    try:
+        restored, _, damaged = ckpt.restore_intact(state)
+    except UsageError:
+        ckpt.close()
+        raise
+    if restored is not None and int(restored.step) > config.num_steps:
+        ckpt.close()  # resuming would report the longer run as this one
+        raise UsageError(
+            f"{workdir} holds a run trained for {int(restored.step)} steps, more than num_steps "
+            f"{config.num_steps}; use another workdir (or num_steps >= {int(restored.step)})"
+        )
+    if jax.process_index() == 0:
+        run_settings.record(workdir, _settings(config))
+    if damaged:
+        ckpt.set_aside(damaged)
+        bad = "; ".join(f"checkpoint {d.step} is damaged ({d.reason})" for d in damaged)
+        print(
+            f"warning: {bad}; resuming from step {int(restored.step)} (damaged checkpoints moved to "
+            f"{workdir / DAMAGED_DIR})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return ckpt, state if restored is None else restored
+
+
+def _holds_something(path: Path) -> bool:
+    """A file, or a directory that is not empty (an empty checkpoints/ holds no run)."""
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def _checkpoint_config(workdir: Path, config: ml_collections.ConfigDict) -> dict | None:
+    """The config saved with the newest checkpoint that has one (None: none readable); reads only."""
+    ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
+    try:
+        for step in reversed(ckpt.all_steps()):
+            try:
+                if saved := ckpt.meta(step).get("config"):
+                    return saved
+            except Exception:  # noqa: BLE001, S112 — a damaged checkpoint: try the one before
+                continue
+        return None
+    finally:
+        ckpt.close()
 
 
 def _mesh(config):
@@ -212,15 +354,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
     trainer = CtrlTrainer(problem.policy, problem.scorer, cfg, optimizer(config, cfg), _mesh(config))
     state = trainer.init_state(problem.params, problem.ref_params, problem.env, config.seed)
     ensure_writable_dir(workdir)  # all inputs checked: the first write
-    ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
-    if ckpt.latest_step() is not None:
-        check_resumable(ckpt.meta().get("config"), config, workdir)
-        if ckpt.latest_step() > config.num_steps:  # resuming would report the longer run as this one
-            raise UsageError(
-                f"{workdir} holds a run trained for {ckpt.latest_step()} steps, more than num_steps "
-                f"{config.num_steps}; use another workdir (or num_steps >= {ckpt.latest_step()})"
-            )
-        state = ckpt.restore(state)
+    ckpt, state = _open_run(workdir, config, state)
     start = int(state.step)
     main_proc = jax.process_index() == 0
     writer = MetricsWriter(  # truncate: rows an interrupted attempt logged after its last checkpoint go
@@ -302,26 +436,70 @@ def _define_flags(fv) -> None:
     define_distributed_flags(fv)
 
 
+def _outputs_state(workdir: Path) -> tuple:
+    """What a rerun that trains a step or writes a result changes (logs and results: size and mtime; the
+    export's presence); None if no run has logged anything in ``workdir`` yet."""
+    if not (workdir / "metrics.jsonl").is_file():
+        return None
+    files = [workdir / n for n in ("metrics.jsonl", "final_eval.json")]
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None for p in files]
+    return (*stats, (workdir / EXPORT_DIR).is_dir())
+
+
+def summary_text(config, workdir: Path, result: dict | None, already_complete: bool = False) -> str:
+    """The human summary of a finished run (:func:`~infalign_jax.cli.run_summary`): KL and win rates of
+    ``final_eval.json`` (the bandit: exact, beside the analytic prediction; the LM task: the calibrated win
+    rate over π_ref and mean rewards of fresh samples), and where the outputs are."""
+    result = result or {}
+    predicted = result.get("predicted", {})
+    rows = []
+    if "kl" in result:
+        note = f" (analytic optimum {predicted['kl']:.4f})" if "kl" in predicted else ""
+        rows.append(("KL(π‖π_ref)", f"{result['kl']:.4f}{note}"))
+    for name, w in result.get("win_rate", {}).items():
+        p = predicted.get("win_rate", {}).get(name)
+        note = f" (analytic optimum {p:.4f})" if p is not None else ""
+        rows.append((f"win rate {name}", f"{w:.4f}{note}"))
+    if ev := result.get("eval"):
+        n = f"{ev['samples_per_prompt']} samples x {ev['prompts']} prompts"
+        rows.append(("calibrated win rate vs π_ref", f"{ev['u_mean']:.4f} (mean u, {n})"))
+        rows.append(("reward mean", f"{ev['reward_mean']:.4f} (π_ref {ev['ref_reward_mean']:.4f})"))
+    if (step_ms := result.get("time_ms", {}).get("step")) is not None:
+        rows.append(("step time (median)", f"{step_ms:.1f} ms"))
+    transform, beta = result.get("transform", config.transform), float(result.get("beta", config.beta))
+    title = f"CTRL {config.problem}: {config.num_steps} steps, transform {transform}, β = {beta:.4g}"
+    names = ("final_eval.json", "metrics.jsonl", "tb", "checkpoints", EXPORT_DIR)
+    found = [n + "/" * (workdir / n).is_dir() for n in names if (workdir / n).exists()]
+    return run_summary(title, rows, f"{workdir} ({', '.join(found)})", already_complete=already_complete)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m infalign_jax.train --config FILE --workdir DIR [--config.key=value ...]``; ``argv``
-    excludes the program name (None: ``sys.argv[1:]``)."""
+    excludes the program name (None: ``sys.argv[1:]``). Ends with :func:`summary_text` on stdout
+    (``already complete: ...`` when the run in the workdir was finished: nothing is trained or written)."""
     config, fv = parse_config_flags(
         argv,
         prog="python -m infalign_jax.train",
         example="configs/ctrl_bandit.py",
         define_flags=_define_flags,
+        description=__doc__,
     )
     if not fv.workdir:
         raise UsageError("--workdir is required")
     initialize_distributed(fv)
+    workdir = Path(fv.workdir)
+    before = _outputs_state(workdir)
     try:
-        train(config, fv.workdir)
+        result = train(config, workdir)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
     except Preempted as e:
         print(str(e), file=sys.stderr)
         return EXIT_PREEMPTED
+    if jax.process_index() == 0:
+        done = before is not None and _outputs_state(workdir) == before
+        print(summary_text(config, workdir, result, already_complete=done), flush=True)
     return 0
 
 

@@ -30,7 +30,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from infalign_jax.cli import UsageError, parse_config_flags, run_main
+from infalign_jax import config_checks as cc
+from infalign_jax import run_settings
+from infalign_jax.cli import UsageError, parse_config_flags, run_main, run_summary
 from infalign_jax.io_utils import (
     atomic_write_bytes,
     atomic_write_json,
@@ -69,7 +71,11 @@ def parse_args(argv: Sequence[str] | None):
         flags.DEFINE_string("workdir", None, "output directory (default: config.workdir)", flag_values=fv)
 
     config, fv = parse_config_flags(
-        argv, prog="python -m infalign_jax.train_rm", example="configs/rm_hh_harmless.py", define_flags=define
+        argv,
+        prog="python -m infalign_jax.train_rm",
+        example="configs/rm_hh_harmless.py",
+        define_flags=define,
+        description=__doc__,
     )
     try:
         workdir = Path(fv.workdir or config.workdir)
@@ -91,37 +97,38 @@ def spec_from_config(config) -> RewardSpec:
             max_response_tokens=int(m.max_response_tokens),
             length_buckets=tuple(m.length_buckets),
             batch_buckets=tuple(m.batch_buckets),
+            policy_tokens=bool(m.get("policy_tokens", False)),  # configs/rm_hh_policy.py
         )
     except (AttributeError, TypeError) as e:
         raise UsageError(f"bad model config: {e}") from e
 
 
+# Numeric fields checked before any work (config_checks.number bounds).
+CONFIG_NUMBERS = tuple(
+    (f"train.{name}", cc.COUNT)
+    for name in ("encode_batch_size", "head_batch_size", "finetune_batch_size", "log_every", "head_steps")
+) + (  # head_steps >= 1: the linear head is always fit (before any fine-tuning)
+    ("train.finetune_steps", dict(integer=True, ge=0)),
+    ("train.head_learning_rate", cc.POSITIVE),
+    ("train.finetune_learning_rate", cc.POSITIVE),
+    ("data.max_train_pairs", dict(integer=True, ge=0)),
+    ("data.max_eval_pairs", dict(integer=True, ge=0)),
+    ("eval.n_boot", cc.COUNT),
+)
+
+
 def validate(config) -> None:
     check_seed(config.seed)
     t = config.train
-    for name in ("encode_batch_size", "head_batch_size", "finetune_batch_size", "log_every"):
-        if int(t[name]) < 1:
-            raise UsageError(f"train.{name} must be >= 1, got {t[name]}")
-    if int(t.head_steps) < 1:  # the linear head is always fit (before any fine-tuning)
-        raise UsageError(f"train.head_steps must be >= 1, got {t.head_steps}")
-    if int(t.finetune_steps) < 0:
-        raise UsageError(f"train.finetune_steps must be >= 0, got {t.finetune_steps}")
-    for name in ("head_learning_rate", "finetune_learning_rate"):
-        if not 0 < float(t[name]) < float("inf"):
-            raise UsageError(f"train.{name} must be a finite number > 0, got {t[name]}")
+    cc.numbers(config, CONFIG_NUMBERS)
     grid = t.head_l2 if isinstance(t.head_l2, tuple | list) else (t.head_l2,)
-    if not grid or not all(isinstance(v, int | float) and v >= 0 for v in grid):
-        raise UsageError(
-            f"train.head_l2 must be a number or a non-empty list of numbers >= 0, got {t.head_l2}"
-        )
+    if not grid:
+        raise UsageError(f"train.head_l2 must be a number or a non-empty list of numbers, got {t.head_l2}")
+    for v in grid:
+        cc.number(v, "each train.head_l2", ge=0)
     t.head_l2 = tuple(float(v) for v in grid)
     if int(t.finetune_steps) > 0 and int(config.model.train_layers) == 0:
         raise UsageError("train.finetune_steps > 0 needs model.train_layers != 0 (which layers to fine-tune)")
-    for name in ("max_train_pairs", "max_eval_pairs"):
-        if int(config.data[name]) < 0:
-            raise UsageError(f"data.{name} must be >= 0, got {config.data[name]}")
-    if int(config.eval.n_boot) < 1:
-        raise UsageError(f"eval.n_boot must be >= 1, got {config.eval.n_boot}")
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -328,15 +335,41 @@ def run(config, workdir: Path) -> dict:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    config, workdir = parse_args(argv)
-    report = run(config, workdir)
+def finished_run(config, workdir: Path) -> dict | None:
+    """The report (``eval.json``) of the run of ``config`` (validated) finished in ``workdir`` — its reward
+    model saved, the config it records equal to ``config`` —, else None. Reads only."""
+    if not all((workdir / n).exists() for n in (SPEC_FILE, CKPT_DIR, "eval.json")):
+        return None
+    try:
+        report = run_settings.read_settings(workdir / "eval.json")
+    except UsageError:
+        return None
+    return report if report.get("config") == json.loads(config.to_json()) else None
+
+
+def summary_text(report: dict, workdir: Path, already_complete: bool = False) -> str:
+    """The human summary of a run (:func:`~infalign_jax.cli.run_summary`): held-out pairwise accuracy with
+    its bootstrap 95% CI, and where the outputs are."""
     lo, hi = report["ci95"]
-    print(
-        f"held-out pairwise accuracy {report['pairwise_accuracy']:.4f} (95% CI [{lo:.4f}, {hi:.4f}], "
-        f"n={report['n_eval']}); train {report['train_pairwise_accuracy']:.4f}; "
-        f"{report['timings']['total_s']:.1f} s -> {workdir / 'eval.json'}"
-    )
+    acc = f"{report['pairwise_accuracy']:.4f} (95% CI [{lo:.4f}, {hi:.4f}], n = {report['n_eval']})"
+    rows = [("held-out pairwise accuracy", acc)]
+    rows.append(("train pairwise accuracy", f"{report['train_pairwise_accuracy']:.4f}"))
+    rows.append(("time", f"{report['timings']['total_s']:.1f} s"))
+    title = f"reward model: Bradley–Terry head trained on {report['n_train']} HH-RLHF pairs"
+    found = [n + "/" * (workdir / n).is_dir() for n in sorted(RUN_OUTPUTS) if (workdir / n).exists()]
+    return run_summary(title, rows, f"{workdir} ({', '.join(found)})", already_complete=already_complete)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI (see the module docstring). Ends with :func:`summary_text` on stdout; rerun on a finished run
+    with the same config, it prints ``already complete: ...`` and exits 0 without training again."""
+    config, workdir = parse_args(argv)
+    validate(config)
+    if (done := finished_run(config, workdir)) is not None:
+        print(summary_text(done, workdir, already_complete=True), flush=True)
+        return 0
+    report = run(config, workdir)
+    print(summary_text(report, workdir), flush=True)
     return 0
 
 

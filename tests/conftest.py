@@ -22,8 +22,6 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = _ROOT
-SHARED_DIR = _ROOT.parent / "shared"
-HH_DIR = SHARED_DIR / "data" / "hh-rlhf"
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +31,14 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def hh_dir() -> Path:
-    if not (HH_DIR / "harmless-base" / "test.jsonl.gz").exists():
-        pytest.fail(f"HH-RLHF data not found at {HH_DIR} (expected ../shared beside the repo)")
-    return HH_DIR
+    """The HH-RLHF input the library itself would use: ``$INFALIGN_HH_DIR`` if set, else the packaged copy."""
+    from infalign_jax.data.hh import resolve_manual_dir
+
+    path = resolve_manual_dir()
+    if not (path / "harmless-base" / "test.jsonl.gz").is_file():
+        source = "INFALIGN_HH_DIR" if os.environ.get("INFALIGN_HH_DIR") else "the packaged copy"
+        pytest.fail(f"HH-RLHF data not found: {path} ({source}) has no harmless-base/test.jsonl.gz")
+    return path
 
 
 def pytest_report_header(config):

@@ -3,7 +3,7 @@ calibrate CLI (table contents, resume == uninterrupted, NaN rewards -> exit 2 wi
 tables refused) and 2 train steps end to end on HH prompts (finite metrics, step-time breakdown, params move).
 
 Policy: the tiny random Llama fixture (its byte-level BPE tokenizer); reward model: a decoder reward net on
-the same fixture with a random linear head (saved/loaded through the reward package); HH: the shared
+the same fixture with a random linear head (saved/loaded through the reward package); HH: the packaged
 harmless-base data built into tmp.
 """
 
@@ -21,6 +21,7 @@ from infalign_jax.ctrl.table import load_table
 from infalign_jax.reward import RewardSpec, build_reward_model, save_reward_model
 
 SMALL = {
+    "hh.reward_scorer": "callback",  # the fixture RM reads text (policy tokens: test_reward_policy_tokens.py)
     "num_steps": 2,
     "prompts_per_step": 2,
     "num_samples": 2,
@@ -148,7 +149,7 @@ def test_lm_policy_logprobs_match_sampler_and_scores_match_rm(parts, components,
 
 
 def test_calibrate_cli_table_resume_and_refusals(
-    parts, components, table_dir, repo_root, tmp_path, monkeypatch
+    parts, components, table_dir, repo_root, tmp_path, monkeypatch, capsys
 ):
     import infalign_jax.calibrate as calibrate
 
@@ -179,8 +180,18 @@ def test_calibrate_cli_table_resume_and_refusals(
     np.testing.assert_array_equal(resumed.prompt_ids, table.prompt_ids)
     np.testing.assert_array_equal(resumed.rewards_nk, table.rewards_nk)
 
-    # Settings that change the rewards are refused on a table built for others (exit 2).
+    # The complete table, rerun through the CLI: one "already complete:" line, exit 0, nothing written.
     values = overrides(parts, table_dir)
+    files = lambda: {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in table_dir.rglob("*") if p.is_file()}
+    before = files()
+    capsys.readouterr()
+    assert _exit_code(calibrate.main, cli_args(repo_root, values)) == 0
+    printed = capsys.readouterr().out.splitlines()
+    title = "calibration table: 6 prompts x K = 4 reference rewards"
+    assert printed[0] == f"already complete: {title}; outputs in {table_dir}"
+    assert printed[1].split() == ["prompts", "added", "this", "run", "0"] and files() == before
+
+    # Settings that change the rewards are refused on a table built for others (exit 2).
     assert _exit_code(calibrate.main, cli_args(repo_root, {**values, "seed": 1})) == 2
     assert _exit_code(calibrate.main, cli_args(repo_root, {**values, "num_ref": 8})) == 2
     cfg = make_config(repo_root, {**values, "hh.max_new_tokens": 5})

@@ -114,6 +114,20 @@ def test_cli_exit_2_and_failed_build_keeps_previous(tmp_path, capsys):
     assert e.value.code == 0
     before = sorted(r["id"] for s in ("train", "eval") for r in load_hh(s, out))
     assert before == list(range(30))
+    # The same build again: one "already complete:" line (counts and place), exit 0, nothing rebuilt.
+    built = capsys.readouterr().out.splitlines()
+    built = built[next(i for i, line in enumerate(built) if line.startswith("HH-RLHF pairs:")) :]
+    files = lambda: {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    written = files()
+    with pytest.raises(SystemExit) as e:
+        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(out)])
+    again = capsys.readouterr().out.splitlines()
+    assert e.value.code == 0 and files() == written
+    dataset = out / "hh_rlhf" / "1.0.0"
+    n_train, n_eval = len(load_hh("train", out)), len(load_hh("eval", out))
+    assert built[0] == f"HH-RLHF pairs: train={n_train} eval={n_eval} skipped=0"
+    assert built[-1] == f"  outputs: {dataset}"
+    assert again[0] == f"already complete: {built[0]}; outputs in {dataset}" and again[1:] == built[1:-1]
     # Now the input gains a bad line: the CLI fails with exit 2 and the earlier build is untouched.
     _write(src / "harmless-base" / "test.jsonl.gz", [_pair("x", "y", "z"), "not json"])
     capsys.readouterr()
@@ -141,7 +155,8 @@ def test_missing_inputs_are_usage_errors(tmp_path):
         load_hh("test", tmp_path / "out")
 
 
-def test_real_shared_file_builds_all_pairs_with_disjoint_splits(hh_dir, tmp_path):
+def test_real_file_builds_all_pairs_with_disjoint_splits(hh_dir, tmp_path):
+    """The packaged harmless-base test file (or $INFALIGN_HH_DIR's): every pair kept, disjoint splits."""
     build_hh(hh_dir, tmp_path)
     train, evl = load_hh("train", tmp_path), load_hh("eval", tmp_path)
     assert len(train) + len(evl) == 2312

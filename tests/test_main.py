@@ -65,6 +65,29 @@ def test_workdir_spelled_relative_resumes_and_a_damaged_record_is_one_error(tmp_
             run("bon:4", 0.3, "r", seed=0, steps=2)
 
 
+def test_moved_or_copied_workdir_resumes_with_relative_paths(tmp_path):
+    """summary.json held the absolute path of phi_star.npz, and the optimal CTRL run recorded it in its
+    transform ('table:/abs/workdir/phi_star.npz'), so a moved or copied workdir was refused on resume as a run
+    with other settings. Now both name 'table:phi_star.npz', relative to the workdir."""
+    import os
+    import shutil
+
+    first = run("bon:4", 0.3, tmp_path / "a", seed=0, steps=2)
+    assert first["ctrl"]["optimal"]["transform"] == "table:phi_star.npz"
+    assert str(tmp_path) not in (tmp_path / "a" / "summary.json").read_text()
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    (tmp_path / "a").rename(tmp_path / "moved")
+    cwd = os.getcwd()
+    for name in ("moved", "copy"):
+        work = tmp_path / name
+        files = [p for m in ("identity", "exponential", "optimal") for p in (work / m).rglob("*")]
+        kept = {p: p.read_bytes() for p in files if p.is_file() and "checkpoints" in p.parts}
+        kept.update({p: p.read_bytes() for p in files if p.name == "final_eval.json"})
+        assert run("bon:4", 0.3, work, seed=0, steps=2) == first  # resumed, not refused
+        assert {p: p.read_bytes() for p in kept} == kept  # nothing retrained
+    assert os.getcwd() == cwd
+
+
 def test_identity_procedure_uses_the_identity_transform(tmp_path):
     """For T = identity the best exponential has t ≈ 0: the exponential method trains Φ(u) = u (exp:0 is not
     a valid transform)."""
@@ -122,3 +145,27 @@ def test_other_steps_are_refused_and_sigterm_exits_143(tmp_path):
     assert code == 143, err[-3000:]
     assert "SIGTERM: saved checkpoint at step" in err and "Traceback" not in err
     assert any(p.name.isdigit() for p in (work / "identity" / "checkpoints").iterdir())
+
+
+def test_cli_prints_the_table_and_a_rerun_says_already_complete(tmp_path, capsys):
+    """The CLI ends with the per-method table and where the outputs are; rerun with the same settings it says
+    ``already complete:`` on its first line and trains or writes nothing (other settings: still refused)."""
+    work = tmp_path / "w"
+    argv = ["--workdir", str(work), "--steps", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    summary = json.loads((work / "summary.json").read_text())
+    table = format_summary(summary).splitlines()
+    assert out[-len(table) - 1 : -1] == [table[0]] + [f"  {line}" for line in table[1:]]
+    assert out[-1] == (
+        f"  outputs: {work} (summary.json, frontier.png, phi_star.npz, identity/, exponential/, optimal/)"
+    )
+    files = lambda: {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in work.rglob("*") if p.is_file()}
+    written = files()
+    assert main(argv) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[0] == f"already complete: {table[0]}; outputs in {out[-1].split(': ', 1)[1]}"
+    assert again[1:] == out[-len(table) : -1]
+    assert files() == written
+    with pytest.raises(UsageError, match=r"other settings \(steps: 2 -> 3\)"):
+        main(["--workdir", str(work), "--steps", "3"])

@@ -213,3 +213,64 @@ def test_a_rows_token_does_not_depend_on_the_other_rows():
     # ... and row B itself draws only tokens that filter_logits keeps (its top k plus the tied one)
     kept = set(np.flatnonzero(np.asarray(filter_logits(jnp.asarray(row_b), config)) > -np.inf))
     assert len(kept) == k + 1 and set(np.unique(np.asarray(mixed[0][:, 1]))) <= kept
+
+
+# Boundary rows (issue 18): probabilities that are powers of two, so softmax is exact in float32 and the
+# cumulative mass lands EXACTLY on p. Random logits never hit that boundary, so a bisection with `mass > p`
+# instead of `mass >= p` (which keeps the extra tokens whose preceding mass equals p) passed every other test.
+# Each entry: probs, top_k, top_p, the tokens filter_logits must keep (hand-computed from the rule "token i
+# is kept iff the mass of tokens strictly more likely than i, after top-k renormalization, is < p").
+BOUNDARY_ROWS = {
+    "issue-example p=.5": ([0.5, 0.25, 0.25], 0, 0.5, {0}),
+    "p=.75 lands after two": ([0.5, 0.25, 0.125, 0.125], 0, 0.75, {0, 1}),
+    "p just above .75": ([0.5, 0.25, 0.125, 0.125], 0, 0.76, {0, 1, 2, 3}),  # ties at the cut-off kept
+    "tie after exact mass": ([0.5, 0.125, 0.125, 0.125, 0.125], 0, 0.5, {0}),
+    "ties at the top-p cut-off": ([0.5, 0.125, 0.125, 0.125, 0.125], 0, 0.625, {0, 1, 2, 3, 4}),
+    "all tied": ([0.25, 0.25, 0.25, 0.25], 0, 0.25, {0, 1, 2, 3}),
+    # top-k 3 keeps [.25, .125, .125], renormalized [.5, .25, .25]: p = .5 keeps token 0 only
+    "top-k then exact p": ([0.25, 0.125, 0.125] + [0.0625] * 8, 3, 0.5, {0}),
+    "top-k then ties at p": ([0.25, 0.125, 0.125] + [0.0625] * 8, 3, 0.75, {0, 1, 2}),
+    # top-k 4 keeps [.25, .125, .0625, .0625], renormalized [.5, .25, .125, .125]: p = .75 keeps two
+    "top-k, p lands on renormalized": ([0.25, 0.125, 0.0625, 0.0625] + [0.03125] * 16, 4, 0.75, {0, 1}),
+    "ties at the top-k cut-off": ([0.5, 0.125, 0.125, 0.125, 0.125], 2, 1.0, {0, 1, 2, 3, 4}),
+    "ties at top-k cut-off, exact p": ([0.5, 0.125, 0.125, 0.125, 0.125], 2, 0.5, {0}),
+    "top-k 1 of a tie": ([0.25, 0.25, 0.25, 0.25], 1, 0.5, {0, 1, 2, 3}),
+}
+
+
+def _boundary_row(probs):
+    logits_v = np.log(np.asarray(probs, np.float64)).astype(np.float32)
+    return jnp.asarray(logits_v)
+
+
+@pytest.mark.parametrize("name", list(BOUNDARY_ROWS))
+def test_filters_at_the_exact_top_p_boundary(name):
+    probs, k, p, want = BOUNDARY_ROWS[name]
+    logits_v = _boundary_row(probs)
+    # precondition of the test: the float32 probabilities are exactly the intended ones
+    np.testing.assert_array_equal(np.asarray(jax.nn.softmax(logits_v)), np.asarray(probs, np.float32))
+    kept = np.flatnonzero(np.asarray(filter_logits(logits_v, SamplingConfig(top_k=k, top_p=p))) > -np.inf)
+    assert set(kept.tolist()) == want
+    if not k:
+        assert set(np.flatnonzero(np.asarray(top_p_filter(logits_v, p)) > -np.inf).tolist()) == want
+
+
+@pytest.mark.parametrize("name", list(BOUNDARY_ROWS))
+def test_sample_token_paths_agree_at_the_boundary(name):
+    """sample_token (top-k: the k-candidate path; a tie beyond k or top_k = 0: the full-vocabulary path) draws
+    exactly the tokens filter_logits keeps, each with log-prob = log of its renormalized probability. The
+    expected probabilities are exact powers of two / thirds computed here by hand from the kept set."""
+    probs, k, p, want = BOUNDARY_ROWS[name]
+    config = SamplingConfig(top_k=k, top_p=p)
+    # 32 tokens of vocabulary (so top-k is a real cut, not k >= V): the row, then tokens of probability 0
+    logits_v = np.full(32, -np.inf, np.float32)
+    logits_v[: len(probs)] = np.asarray(_boundary_row(probs))
+    tok, lp = draw(logits_v, config, 400)
+    want_lp = np.log(np.asarray(probs) / sum(probs[i] for i in want))
+    assert set(np.unique(tok).tolist()) == want  # kept probs >= 1/8: P(one never drawn) < 5 · (7/8)^400
+    np.testing.assert_allclose(lp, want_lp[tok], rtol=0, atol=1e-6)
+    if k:  # the full-vocabulary path (top_k = 0 on the top-k-masked row) draws the same set, same log-probs
+        masked_v = np.asarray(top_k_filter(jnp.asarray(logits_v), k))
+        tok_full, lp_full = draw(masked_v, SamplingConfig(top_p=p), 400)
+        assert set(np.unique(tok_full).tolist()) == want
+        np.testing.assert_allclose(lp_full, want_lp[tok_full], rtol=0, atol=1e-6)

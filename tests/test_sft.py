@@ -83,9 +83,11 @@ def test_masked_lm_loss_matches_hand_computation():
     assert n == 1 and nll == pytest.approx(-np.log(0.1), rel=1e-6)
 
 
-def test_sft_trains_exports_reloads_and_refuses_overwrite(prepared, tmp_path):
+def test_sft_trains_exports_reloads_and_refuses_overwrite(prepared, tmp_path, capsys):
     wd = tmp_path / "run"
-    res = train(tiny(prepared, num_samples=2, sample_max_new_tokens=6), str(wd))
+    args = [*cli_args(prepared, num_samples=2, sample_max_new_tokens=6), "--workdir", str(wd)]
+    assert main(args) == 0  # the CLI: the run of tiny(prepared, num_samples=2, ...), then its summary
+    printed = capsys.readouterr().out.splitlines()
     losses = [
         json.loads(ln)["train_loss"]
         for ln in (wd / "metrics.jsonl").read_text().splitlines()
@@ -112,7 +114,21 @@ def test_sft_trains_exports_reloads_and_refuses_overwrite(prepared, tmp_path):
     with pytest.raises(SystemExit) as e:
         run_main(main, ["--config", "configs/sft_hh_tiny.py", "--workdir", str(wd)])
     assert e.value.code == 2
-    assert res["eval_loss"] == saved["eval_loss"]
+
+    # The CLI's summary: eval.json's held-out loss and perplexity, and where the outputs are.
+    n, examples = saved["num_params"], saved["train_examples"]
+    assert printed[0] == f"SFT: 6 steps, {n:,} parameters, {examples} train dialogues"
+    loss, ppl = f"{saved['eval_loss']:.4f}", f"{saved['eval_perplexity']:.2f},"
+    held_out = ["held-out", "loss", loss, "(perplexity", ppl, str(saved["eval_examples"]), "dialogues)"]
+    assert printed[1].split() == held_out
+    assert printed[-1].startswith(f"  outputs: {wd} (export/, checkpoints/, run_config.json, eval.json")
+    # Rerun with the same settings: one "already complete:" line, exit 0, nothing touched.
+    capsys.readouterr()
+    before = snapshot(wd)
+    assert main(args) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[0].startswith(f"already complete: {printed[0]}; outputs in {wd} (export/")
+    assert again[1:] == printed[1:-1] and snapshot(wd) == before
 
 
 def test_same_seed_same_params_and_resume_equals_uninterrupted(prepared, tmp_path):

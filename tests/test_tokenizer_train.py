@@ -70,7 +70,7 @@ def test_out_holding_anything_else_is_never_touched(data, tmp_path, capsys):
         (["--out", other, "--overwrite"], "not an earlier output"),
         (["--out", afile], "is not a directory"),
         (["--out", afile, "--overwrite"], "is not a directory"),
-        (["--out", afile / "sub"], "afile is not a directory"),
+        (["--out", afile / "sub"], "afile exists and is not a directory"),
     ]:
         code, err = cli(capsys, *base, *args)
         assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err

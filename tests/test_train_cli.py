@@ -299,3 +299,33 @@ def test_sigterm_to_one_of_two_processes_saves_on_both(repo_root, tmp_path):
     saved = [int(e.split("saved checkpoint at step ")[1].split(";")[0]) for e in errs]
     last = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert saved == [last, last] and _ckpt_steps(work) == [last] and 5 <= last < TINY["num_steps"]
+
+
+def test_cli_ends_with_a_summary_and_a_rerun_says_already_complete(repo_root, tmp_path, capsys):
+    """The CLI prints KL and win rates of final_eval.json (beside the analytic optimum) and where the outputs
+    are; rerun on the finished run it says ``already complete:`` on its first line and writes nothing."""
+    from infalign_jax.train import main
+
+    work = tmp_path / "w"
+    argv = cli(repo_root, work, num_steps=2)[3:]  # the arguments after `python -m infalign_jax.train`
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    ev = json.loads((work / "final_eval.json").read_text())
+    assert out[0] == "CTRL bandit: 2 steps, transform identity, β = 0.338"
+    assert f"  KL(π‖π_ref)         {ev['kl']:.4f} (analytic optimum {ev['predicted']['kl']:.4f})" in out
+    for name in ("bon:4", "won:4", "standard"):
+        w, p = ev["win_rate"][name], ev["predicted"]["win_rate"][name]
+        row = ["win", "rate", name, f"{w:.4f}", "(analytic", "optimum", f"{p:.4f})"]
+        assert any(line.split() == row for line in out), name
+    assert out[-1].startswith(f"  outputs: {work} (final_eval.json, metrics.jsonl, tb/, checkpoints/")
+
+    # (Only a TensorBoard events file, empty, is added: the metrics writer opens one on every run.)
+    kept = lambda p: p.is_file() and "tb" not in p.parts
+    files = lambda: {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in work.rglob("*") if kept(p)}
+    written = files()
+    assert main(argv) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[0].startswith("already complete: CTRL bandit: 2 steps")
+    assert f"; outputs in {work} (final_eval.json" in again[0]
+    assert again[1:] == out[1:-1]  # the same numbers; where the outputs are is said on the first line
+    assert files() == written

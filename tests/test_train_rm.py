@@ -33,7 +33,7 @@ def data_dir(tmp_path_factory, hh_dir):
     return out
 
 
-def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path):
+def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path, capsys):
     from infalign_jax.data.hh import load_hh
     from infalign_jax.reward import load_reward_model
 
@@ -56,6 +56,13 @@ def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path):
     assert report["n_eval"] == 16 and report["n_train"] == 48
     acc, (lo, hi) = report["pairwise_accuracy"], report["ci95"]
     assert 0.0 <= lo <= acc <= hi <= 1.0
+    # The summary on stdout: the held-out accuracy with its CI, and where the outputs are.
+    printed = proc.stdout.splitlines()
+    assert printed[0] == "reward model: Bradley–Terry head trained on 48 HH-RLHF pairs"
+    row = f"{acc:.4f} (95% CI [{lo:.4f}, {hi:.4f}], n = 16)"
+    assert printed[1].split(None, 3)[:3] == ["held-out", "pairwise", "accuracy"]
+    assert printed[1].split(None, 3)[3].strip() == row
+    assert printed[-1].startswith(f"  outputs: {workdir} (checkpoint/, eval.json, feature_cache/")
     assert report["head_l2"] in (0.1, 10.0) and set(report["cv_heldout_bt_loss"]) == {"0.1", "10.0"}
     assert {"features_s", "head_train_s", "total_s"} <= set(report["timings"])
     assert (workdir / "metrics.jsonl").read_text().strip() and any((workdir / "tb").iterdir())
@@ -69,10 +76,12 @@ def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path):
     rr = rm.score_texts(prompts, [r["rejected"] for r in recs])
     assert pairwise_correct(rc, rr).mean() == pytest.approx(acc)
 
-    # Same seed, same workdir: the cached features are reused and every number repeats exactly.
+    # Same seed, same workdir, the finished run's eval.json gone (an interrupted rerun): the cached features
+    # are reused and every number repeats exactly.
     cache = sorted(p.name for p in (workdir / "feature_cache").iterdir())
     assert len(cache) == 2
     metrics = (workdir / "metrics.jsonl").read_text()
+    (workdir / "eval.json").unlink()
     proc = _run(repo_root, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((workdir / "eval.json").read_text())
@@ -83,13 +92,24 @@ def test_train_rm_tiny_end_to_end(repo_root, data_dir, tmp_path):
     assert (workdir / "metrics.jsonl").read_text() == metrics
     assert np.isfinite(again["train_pairwise_accuracy"])
 
+    # A rerun of the finished run with the same config trains nothing: "already complete:", exit 0.
+    from infalign_jax.train_rm import main
+
+    files = lambda: {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in workdir.rglob("*") if p.is_file()}
+    before = files()
+    assert main([f"--config={repo_root / CONFIG}", *args[1:]]) == 0
+    printed_again = capsys.readouterr().out.splitlines()
+    assert printed_again[0] == f"already complete: {printed[0]}; outputs in {printed[-1].split(': ', 1)[1]}"
+    assert printed_again[1:3] == printed[1:3] and files() == before
+
 
 @pytest.mark.parametrize(
     "args, needle",
     [
         ([f"--config={CONFIG}", "--config.model.backbone=bert"], "backbone"),
         ([f"--config={CONFIG}", "--config.train.head_steps=-1"], "head_steps"),
-        ([f"--config={CONFIG}", "--config.train.head_steps=0"], "head_steps must be >= 1"),  # was: np.stack
+        # head_steps 0 was: np.stack
+        ([f"--config={CONFIG}", "--config.train.head_steps=0"], "head_steps must be an integer >= 1"),
         ([f"--config={CONFIG}", "--config.train.head_learning_rate=inf"], "head_learning_rate must be"),
         # a bad seed used to fail only after the whole data set was encoded
         ([f"--config={CONFIG}", "--config.seed=-1"], "seed must be an integer in"),

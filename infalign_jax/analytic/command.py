@@ -39,7 +39,7 @@ from infalign_jax.analytic.solver import (
     solve_optimal,
 )
 from infalign_jax.analytic.threads import map_concurrently
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 from infalign_jax.io_utils import atomic_write_files
 
 

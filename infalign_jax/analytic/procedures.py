@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 MAX_N = 1000  # the largest number of draws a spec may ask for (the k-th order statistic sums n+1 terms)
 

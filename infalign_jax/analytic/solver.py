@@ -38,7 +38,7 @@ from infalign_jax.analytic.objectives import (
 from infalign_jax.analytic.procedures import TRACEABLE_MAPS, Procedure, parse_procedure
 from infalign_jax.analytic.threads import cpu_workers, map_concurrently, split_rows
 from infalign_jax.analytic.transforms import exponential_transform
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 DEFAULT_CELLS = 1024
 DEFAULT_MAX_ITER = 2000
@@ -482,14 +482,16 @@ def solve_optimal(procedure, beta, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_I
 
     ``beta``: a positive number or a 1-D array (vmapped; results get a leading axis). ``grid``: number of
     cells M. Returns an :class:`OptimalSolution` with Φ* (M,), the masses, W, KL, iterations (summed over the
-    continuation path for β < CONTINUATION_FROM, ``max_iter`` per solve of it) and residual.
+    continuation path for β < CONTINUATION_FROM, ``max_iter`` per solve of it) and residual. A solve that
+    stops at ``max_iter`` with its residual above ``tol`` raises a :class:`NotConvergedWarning`.
     """
     procedure = as_procedure(procedure)
     beta_b, scalar = _as_batch(beta, "beta", 0.0, 1e6)
     static, dynamic = _split(procedure)
     grid, (max_iter, tol) = _check_grid(grid), _check_iterations(max_iter, tol)
     result = _rows(lambda b: _solve_batch(static, dynamic, b, grid, max_iter, tol), beta_b)
-    return _unbatch(_check_finite(result, procedure), scalar)
+    _warn_unconverged(_check_finite(result, procedure), procedure, max_iter, tol, "β", beta_b)
+    return _unbatch(result, scalar)
 
 
 @_x64
@@ -508,7 +510,8 @@ def frontier(
     mirror-ascent steps than independent solves; dealing round-robin gives every chain a similar share of the
     slow small-β solves). On CPU the chains run side by side on the cores (:func:`_rows`), elsewhere as one
     vmapped call. 64 β for bon:4: 2,061 steps as 1 chain, 2,149 dealt round-robin to 2 chains; see
-    docs/analytic.md for times. Returns an :class:`OptimalSolution` batched in the order of ``betas``."""
+    docs/analytic.md for times. Returns an :class:`OptimalSolution` batched in the order of ``betas``; solves
+    that stop at ``max_iter`` above ``tol`` raise one :class:`NotConvergedWarning`."""
     procedure = as_procedure(procedure)
     beta_b, _ = _as_batch(betas, "betas", 0.0, 1e6)
     n = len(beta_b)
@@ -534,7 +537,9 @@ def frontier(
     sorted_out = jax.tree.map(lambda x: x[ranks % chains, ranks // chains], out)
     inverse = np.empty_like(order)
     inverse[order] = ranks
-    return _check_finite(jax.tree.map(lambda x: x[inverse], sorted_out), procedure)
+    result = _check_finite(jax.tree.map(lambda x: x[inverse], sorted_out), procedure)
+    _warn_unconverged(result, procedure, max_iter, tol, "β", beta_b)
+    return result
 
 
 def default_chains() -> int:
@@ -559,7 +564,8 @@ def _frontier_chains(static, dynamic, beta_kb, num_cells, max_iter, tol):
 @_x64
 def match_kl(procedure, kl, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_ITER, tol=DEFAULT_TOL):
     """The optimal policy whose KL(p* ‖ π_ref) equals the budget ``kl`` (bisection on log β inside jit, warm-
-    starting each solve from the previous one). ``kl``: a number or a 1-D array (vmapped)."""
+    starting each solve from the previous one). ``kl``: a number or a 1-D array (vmapped). If the solve at the
+    β found stopped at ``max_iter`` above ``tol``, a :class:`NotConvergedWarning` is raised."""
     procedure = as_procedure(procedure)
     kl_b, scalar = _as_batch(kl, "KL budget", 0.0, MAX_KL)
     static, dynamic = _split(procedure)
@@ -568,6 +574,7 @@ def match_kl(procedure, kl, *, grid=DEFAULT_CELLS, max_iter=DEFAULT_MAX_ITER, to
         _rows(lambda kl: _match_kl_batch(static, dynamic, kl, grid, max_iter, tol), kl_b), procedure
     )
     _check_matched(result.kl, kl_b, procedure, "optimal", result.beta)
+    _warn_unconverged(result, procedure, max_iter, tol, "KL budget", kl_b)
     return _unbatch(result, scalar)
 
 
@@ -705,3 +712,28 @@ def at_search_limit(point: ExponentialPoint) -> np.ndarray:
 
 class SearchLimitWarning(UserWarning):
     """:func:`best_exponential` ended on the edge of its search range (see :func:`at_search_limit`)."""
+
+
+class NotConvergedWarning(UserWarning):
+    """Mirror ascent stopped at ``max_iter`` with its residual still above ``tol``: the Φ*, W and KL returned
+    are those of the last iterate, not of the fixed point (:func:`solve_optimal`, :func:`frontier`,
+    :func:`match_kl`)."""
+
+
+def _warn_unconverged(result: OptimalSolution, procedure, max_iter: int, tol: float, name: str, values_b):
+    """One :class:`NotConvergedWarning` naming the rows of ``result`` (a batch over ``values_b``, the β or KL
+    values called ``name``) whose residual is above ``tol``. Runs on the host after the jitted solve, so it
+    fires once per call, whatever was compiled or cached."""
+    residual_b = np.atleast_1d(np.asarray(result.residual))
+    bad = np.flatnonzero(residual_b > tol)
+    if not bad.size:
+        return
+    rows = ", ".join(f"{values_b[i]:.4g} (residual {residual_b[i]:.2g})" for i in bad[:3])
+    more = f" and {bad.size - 3} more" if bad.size > 3 else ""
+    warnings.warn(
+        f"mirror ascent for {procedure.spec} stopped at max_iter={max_iter} with its residual above "
+        f"tol={tol:g} at {bad.size} of {residual_b.size} {name} value(s): {rows}{more}; the result there is "
+        "not the fixed point: raise max_iter (or tol)",
+        NotConvergedWarning,
+        stacklevel=4,  # _warn_unconverged < the public function < its _x64 wrapper < the caller
+    )

@@ -29,10 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infalign_jax import config_checks
 from infalign_jax.analytic.objectives import inference_win_rate, kl_to_reference, tilt, uniform_grid
 from infalign_jax.analytic.procedures import parse_procedure
-from infalign_jax.cli import UsageError
 from infalign_jax.ctrl.train_step import CtrlProblem
+from infalign_jax.errors import UsageError
 
 EVAL_PROCEDURES = {"bon:4": "bon:4", "won:4": "won:4", "standard": "identity"}
 
@@ -198,9 +199,20 @@ def build_problem(config, step_cfg) -> CtrlProblem:
             "(offline calibration tables exist for problem 'hh' only)"
         )
     bc = config.bandit
-    for name, least in (("num_contexts", 1), ("num_responses", 2)):
-        if isinstance(bc[name], bool) or not isinstance(bc[name], int) or bc[name] < least:
-            raise UsageError(f"bandit.{name} must be an integer >= {least}, got {bc[name]!r}")
+    config_checks.numbers(
+        bc,
+        (
+            ("num_contexts", config_checks.COUNT),
+            ("num_responses", dict(integer=True, ge=2)),
+            ("ref_scale", {}),
+        ),
+        prefix="bandit.",
+    )
+    config_checks.check_array_bytes(  # the evaluation's float64 [C, V] tables
+        "the float64 [C, V] tables",
+        8 * bc.num_contexts * bc.num_responses,
+        "bandit.num_contexts x num_responses",
+    )
     if not -1 <= bc.nan_response < bc.num_responses:
         raise UsageError(f"bandit.nan_response must be -1 (off) or a response index, got {bc.nan_response}")
     problem = make_bandit(bc.num_contexts, bc.num_responses, bc.ref_scale, bc.seed)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 BROADCAST_MAX_K = 16
 METHODS = ("auto", "searchsorted", "broadcast")

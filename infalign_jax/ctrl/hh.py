@@ -23,7 +23,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from infalign_jax.cli import UsageError
 from infalign_jax.ctrl.calibration import calibrate
 from infalign_jax.ctrl.lm import (
     EncodedPrompts,
@@ -33,10 +32,16 @@ from infalign_jax.ctrl.lm import (
     encode_prompts,
     reference_rewards,
 )
+from infalign_jax.ctrl.token_scorer import make_scorer
 from infalign_jax.ctrl.train_step import CtrlProblem
+from infalign_jax.errors import UsageError
 
 SFT_COMMAND = "python -m infalign_jax.sft --config configs/sft_hh_tiny.py"
 RM_COMMAND = "python -m infalign_jax.train_rm --config configs/rm_hh_harmless.py"
+RM_COMMANDS = {  # hh.reward_scorer -> the command that makes its reward model
+    "callback": RM_COMMAND,
+    "in_step": "python -m infalign_jax.train_rm --config configs/rm_hh_policy.py",
+}
 CALIBRATE_COMMAND = "python -m infalign_jax.calibrate --config configs/ctrl_hh_harmless.py"
 
 
@@ -63,7 +68,8 @@ def require_artifacts(config) -> tuple[Path, Path]:
             f"no SFT policy export at {policy_dir} (config.json missing); run `{SFT_COMMAND}` first"
         )
     if not (rm_dir / "rm_spec.json").exists():
-        raise UsageError(f"no reward model at {rm_dir} (rm_spec.json missing); run `{RM_COMMAND}` first")
+        command = RM_COMMANDS.get(str(config.hh.get("reward_scorer", "callback")), RM_COMMAND)
+        raise UsageError(f"no reward model at {rm_dir} (rm_spec.json missing); run `{command}` first")
     return policy_dir, rm_dir
 
 
@@ -96,8 +102,22 @@ def load_components(config) -> HHComponents:
         )
     pad_id = model.config.pad_token_id or 0
     bos_id = model.config.bos_token_id if model.config.bos_token_id is not None else tokenizer.bos_token_id
-    policy = LMPolicy(model.config, int(h.max_new_tokens), tuple(int(e) for e in eos), int(pad_id))
-    scorer = RewardScorer(load_reward_model(rm_dir, config.seed), tokenizer)
+    policy = LMPolicy(
+        model.config,
+        int(h.max_new_tokens),
+        tuple(int(e) for e in eos),
+        int(pad_id),
+        shared_prompt=bool(config.get("shared_prompt", True)),
+    )
+    # Scorer selection (issue 16 Sec. 4): "callback" re-tokenizes text on the host (any reward model);
+    # "in_step" scores the policy's own tokens inside the step (a policy-token reward model).
+    scorer = make_scorer(
+        str(h.get("reward_scorer", "callback")),
+        load_reward_model(rm_dir, config.seed),
+        tokenizer,
+        int(bos_id),
+        policy.eos_ids,
+    )
 
     source = build_or_load(h.split, h.data_dir, h.manual_dir or None)
     if len(source) < h.num_prompts:

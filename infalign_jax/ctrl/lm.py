@@ -5,8 +5,10 @@ Adapts the real components to :class:`~infalign_jax.ctrl.train_step.CtrlTrainer`
 - :class:`LMPolicy` (``Policy``): ``sample`` draws S responses per prompt with the vmapped KV-cache sampler
   (:func:`infalign_jax.sampling.generate`, pure sampling at temperature 1 so the samples come from π itself),
   ``logprobs`` gives the per-token log π(y_t | x, y_<t) of those responses [P, S, L] with
-  :func:`infalign_jax.models.transformer.token_logprobs` — under the trained params or the frozen reference
-  params (the trainer calls it with both). Params are the plain nested dict ``model.params()``.
+  :func:`infalign_jax.models.transformer.shared_prefix_logprobs` (each prompt run once for its S responses,
+  forward and backward; ``shared_prompt=False``: :func:`~infalign_jax.models.transformer.token_logprobs` of
+  every ``[prompt | response]``, the same numbers up to roundoff) — under the trained params or the frozen
+  reference params (the trainer calls it with both). Params are the plain nested dict ``model.params()``.
 - :class:`RewardScorer` (``Scorer``): ``scorer(env, batch, samples) -> rewards_ps`` with ``env`` the reward
   model's ``nnx`` state. The policy's response tokens are decoded to text and re-tokenized for the reward
   model by a host callback (string work only, fixed output shapes); the reward network itself runs inside the
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 from infalign_jax.models import transformer as tfm
 from infalign_jax.models.config import ModelConfig
 from infalign_jax.reward.model import RewardModel, bucket_size
@@ -56,7 +58,10 @@ class LMPolicy:
 
     max_new_tokens: L, the response length budget. eos_ids: tokens ending a response (kept, mask True).
     logprob_chunk: positions per vocab-projection chunk of
-    :func:`~infalign_jax.models.transformer.token_logprobs`.
+    :func:`~infalign_jax.models.transformer.token_logprobs`. shared_prompt: log-probs with each prompt's
+    activations computed once for its S responses
+    (:func:`~infalign_jax.models.transformer.shared_prefix_logprobs`); False: every ``[prompt | response]``
+    in full (the old path, kept for A/B).
     """
 
     config: ModelConfig
@@ -64,6 +69,7 @@ class LMPolicy:
     eos_ids: tuple[int, ...]
     pad_id: int = 0
     logprob_chunk: int = 256
+    shared_prompt: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self):
@@ -98,9 +104,15 @@ class LMPolicy:
         """log π(y_t | x, y_<t) [P, S, L] of the response tokens (0 where masked) and the mask [P, S, L].
 
         Prompt and response are joined as ``[prompt (left-padded) | response (right-padded)]``; positions are
-        ``cumsum(mask) - 1``, exactly the positions the KV-cache sampler used."""
+        ``cumsum(mask) - 1``, exactly the positions the KV-cache sampler used. With ``shared_prompt`` the
+        prompt's activations are computed once for its S responses (same values up to roundoff)."""
         prompt_pt, pmask_pt = batch["prompt_bt"], batch["prompt_mask_bt"]
         tok_psl, mask_psl = samples["tokens"], samples["mask"]
+        if self.shared_prompt:
+            lp_psl = tfm.shared_prefix_logprobs(
+                self.config, params, prompt_pt, pmask_pt, tok_psl, mask_psl, chunk=self.logprob_chunk
+            )
+            return jnp.where(mask_psl, lp_psl, 0.0), mask_psl
         p, s, length = tok_psl.shape
         t = prompt_pt.shape[1]
         rep = lambda x: jnp.broadcast_to(x[:, None], (p, s, t)).reshape(p * s, t)

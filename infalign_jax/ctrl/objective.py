@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 KL_MODES = ("k1", "k3")
 LOSS_NORMS = ("sequence", "token")

@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 from infalign_jax.io_utils import (
     atomic_write_bytes,
     atomic_write_json,
     check_directory_path,
     ensure_writable_dir,
+    read_npz,
 )
 
 FORMAT = "infalign_jax.calibration_table"
@@ -53,6 +54,12 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise UsageError(
             f"{meta_path}: unsupported calibration table format {meta.get('format')!r} "
             f"version {meta.get('version')!r}"
+        )
+    k, shards = meta.get("k"), meta.get("shards")
+    names_ok = isinstance(shards, list) and all(isinstance(s, str) and Path(s).name == s for s in shards)
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1 and names_ok):
+        raise UsageError(
+            f"{meta_path}: damaged (needs 'k' >= 1 and a list of shard file names); rebuild the table"
         )
     return meta
 
@@ -78,11 +85,8 @@ class CalibrationTableWriter:
                 )
             self._done = set()
             for shard in self.meta["shards"]:
-                try:
-                    with np.load(self.path / shard, allow_pickle=False) as z:
-                        self._done.update(int(i) for i in z["prompt_id"])
-                except (OSError, KeyError, ValueError) as e:
-                    raise UsageError(f"{self.path}: shard {shard} is missing or damaged ({e})") from None
+                z = read_npz(self.path / shard, ("prompt_id",), f"calibration table {self.path}: shard")
+                self._done.update(int(i) for i in z["prompt_id"])
         else:
             check_directory_path(self.path, "calibration table path")
             ensure_writable_dir(self.path)
@@ -178,12 +182,14 @@ def load_table(path: str | os.PathLike) -> CalibrationTable:
     meta = _read_meta(path)
     ids, rewards = [np.zeros((0,), np.int64)], [np.zeros((0, meta["k"]), np.float32)]
     for shard in meta["shards"]:
-        try:
-            with np.load(path / shard, allow_pickle=False) as z:
-                ids.append(z["prompt_id"])
-                rewards.append(z["rewards"])
-        except (OSError, KeyError, ValueError) as e:
-            raise UsageError(f"calibration table {path}: shard {shard} is missing or damaged ({e})") from None
+        z = read_npz(path / shard, ("prompt_id", "rewards"), f"calibration table {path}: shard")
+        if z["rewards"].ndim != 2 or z["rewards"].shape != (len(z["prompt_id"]), meta["k"]):
+            raise UsageError(
+                f"calibration table {path}: shard {shard} holds rewards of shape {z['rewards'].shape} for "
+                f"{len(z['prompt_id'])} prompts, expected K={meta['k']} per prompt; rebuild the table"
+            )
+        ids.append(z["prompt_id"])
+        rewards.append(z["rewards"])
     ids_n, rewards_nk = np.concatenate(ids), np.concatenate(rewards)
     order = np.argsort(ids_n, kind="stable")
     return CalibrationTable(ids_n[order], rewards_nk[order], meta)

@@ -34,10 +34,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from infalign_jax.cli import UsageError
 from infalign_jax.ctrl.calibration import METHODS, calibrate, sort_reference
 from infalign_jax.ctrl.objective import LossConfig, pg_loss, rloo_advantages, sequence_rewards
 from infalign_jax.ctrl.transforms import Transform
+from infalign_jax.errors import UsageError
 from infalign_jax.mesh import DATA, FSDP, replicated
 
 PyTree = Any

@@ -32,8 +32,9 @@ import numpy as np
 
 from infalign_jax.analytic.procedures import parse_procedure
 from infalign_jax.analytic.transforms import exponential_transform
-from infalign_jax.cli import UsageError
 from infalign_jax.ctrl.calibration import reference_median
+from infalign_jax.errors import UsageError
+from infalign_jax.io_utils import read_npz
 
 KINDS = ("identity", "log", "exp", "table", "lsc", "raw")
 
@@ -83,14 +84,11 @@ class Transform:
 def _load_table(path: str, spec: str) -> tuple[np.ndarray, np.ndarray]:
     if not os.path.exists(path):
         raise UsageError(f"transform {spec!r}: file {path!r} does not exist")
+    arrays = read_npz(path, ("u", "phi"), f"transform {spec!r}: table")
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file loads as a bare array
-            raise ValueError("it holds a single array")
-        with z:
-            u, phi = np.asarray(z["u"], np.float64), np.asarray(z["phi"], np.float64)
-    except (KeyError, ValueError, OSError) as e:
-        raise UsageError(f"transform {spec!r}: {path!r} is not an npz with arrays 'u' and 'phi' ({e})") from e
+        u, phi = np.asarray(arrays["u"], np.float64), np.asarray(arrays["phi"], np.float64)
+    except (TypeError, ValueError) as e:  # e.g. string arrays
+        raise UsageError(f"transform {spec!r}: 'u' and 'phi' must be numeric arrays ({e})") from None
     if u.ndim != 1 or u.shape != phi.shape or u.size < 2:
         raise UsageError(f"transform {spec!r}: 'u' and 'phi' must be 1-D of equal length >= 2")
     if not (np.isfinite(u).all() and np.isfinite(phi).all()):

@@ -9,8 +9,10 @@ and the two replies, checks that both texts really share that prompt, and writes
 (≈90/10 by a stable hash of the prompt, so one prompt never lands in both splits).
 
 Input directory layout = the original repository's: ``<subset>/<split>.jsonl.gz`` (e.g.
-``harmless-base/test.jsonl.gz``). Default: the shared copy (``$INFALIGN_HH_DIR`` or ``../shared/data/hh-rlhf``
-beside the repo checkout).
+``harmless-base/test.jsonl.gz``). Default: ``$INFALIGN_HH_DIR`` if set, else the copy packaged with
+``infalign_jax`` (:data:`PACKAGED_HH_DIR`: ``harmless-base/test.jsonl.gz``, 2,312 pairs, MIT licence, with
+its ``SHA256SUMS``). Input files listed in a ``SHA256SUMS`` of the input directory are checked before they
+are read.
 
 CLI::
 
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infalign_jax.cli import ArgumentParser, UsageError, run_main
+from infalign_jax.cli import ArgumentParser, UsageError, run_main, run_summary
 from infalign_jax.io_utils import atomic_directory, atomic_write_json, ensure_writable_dir
 
 ASSISTANT = "\n\nAssistant:"
@@ -49,7 +51,9 @@ VERSION = "1.0.0"
 SPLITS = ("train", "eval")
 DEFAULT_SUBSETS = ("harmless-base",)
 DEFAULT_EVAL_PERCENT = 10
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+# The HH-RLHF harmless-base test file shipped as package data (LICENSE, README.md, SHA256SUMS beside it).
+PACKAGED_HH_DIR = Path(__file__).resolve().parent / "hh_rlhf"
+CHECKSUMS = "SHA256SUMS"
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -153,7 +157,42 @@ def input_files(manual_dir: str | os.PathLike, subsets: Sequence[str] | None = D
         files.extend(found)
     if not files:
         raise UsageError(f"no <subset>/<split>.jsonl.gz files under {root}")
+    verify_checksums(root, files)
     return files
+
+
+def verify_checksums(root: str | os.PathLike, files: Sequence[Path]) -> None:
+    """Checks each of ``files`` that ``<root>/SHA256SUMS`` (``sha256sum`` format) lists against its sha256.
+
+    A directory without ``SHA256SUMS`` and files it does not list are not checked (a user's own copy of the
+    data need not have one). A mismatch or an unreadable ``SHA256SUMS`` raises :class:`UsageError`. Cheap: the
+    packaged file (742 KB) hashes in a few milliseconds.
+    """
+    root = Path(root)
+    sums_path = root / CHECKSUMS
+    if not sums_path.is_file():
+        return
+    expected = {}
+    try:
+        for ln in sums_path.read_text().splitlines():
+            if ln.strip():
+                digest, _, name = ln.strip().partition(" ")
+                expected[name.strip().lstrip("*")] = digest.lower()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{sums_path}: cannot read: {e}") from None
+    for path in files:
+        want = expected.get(path.relative_to(root).as_posix())
+        if want is None:
+            continue
+        try:
+            got = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+        if got != want:
+            raise UsageError(
+                f"{path}: sha256 {got} does not match {sums_path} ({want}): the file is damaged or was "
+                "changed; restore it (reinstall infalign_jax for the packaged copy)"
+            )
 
 
 def iter_pairs(
@@ -207,6 +246,14 @@ def _parse_line(line: str) -> tuple[str, str, str]:
     missing = [k for k in ("chosen", "rejected") if not isinstance(obj.get(k), str)]
     if missing:
         raise _BadLine("missing_key", f"missing or non-string key(s): {', '.join(missing)}")
+    for key in ("chosen", "rejected"):
+        try:
+            obj[key].encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate escape such as "\ud800": valid JSON, not text
+            raise _BadLine(
+                "invalid_unicode",
+                f"{key} holds {obj[key][e.start]!r} at character {e.start}: a lone UTF-16 surrogate",
+            ) from None
     try:
         return split_pair(obj["chosen"], obj["rejected"])
     except UsageError as e:
@@ -229,26 +276,23 @@ def parse_hh(
         split = prompt_split(prompt, eval_percent)
         out[split].append({"id": gid, "prompt": prompt, "chosen": chosen, "rejected": rejected})
         report.kept[split] += 1
+    if not any(out.values()):  # an empty / blank file, or --skip-bad on all-bad lines: not a dataset
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped.items()))
+        raise UsageError(
+            f"no valid preference pairs in {', '.join(str(f) for f in files)} ({report.n_lines} non-blank "
+            f"lines{'; skipped: ' + skipped if skipped else ''}): refusing to build an empty dataset"
+        )
     return out, report
 
 
 def resolve_manual_dir(manual_dir: str | os.PathLike | None = None) -> Path:
-    """``manual_dir`` if given, else ``$INFALIGN_HH_DIR``, else the shared copy ``../shared/data/hh-rlhf``.
-
-    The shared copy is looked up beside the repository checkout and beside the current directory.
-    """
+    """The HH-RLHF input directory: ``manual_dir`` if given, else ``$INFALIGN_HH_DIR`` if set (non-empty),
+    else the packaged copy :data:`PACKAGED_HH_DIR`."""
     if manual_dir is not None:
         return Path(manual_dir)
     if os.environ.get("INFALIGN_HH_DIR"):
         return Path(os.environ["INFALIGN_HH_DIR"])
-    for base in (_REPO_ROOT, Path.cwd()):
-        cand = base.parent / "shared" / "data" / "hh-rlhf"
-        if cand.is_dir():
-            return cand
-    raise UsageError(
-        "HH-RLHF data not found: pass --manual-dir, set INFALIGN_HH_DIR, "
-        "or put the data in ../shared/data/hh-rlhf"
-    )
+    return PACKAGED_HH_DIR
 
 
 # ----------------------------------------------------------------------------------------------- TFDS builder
@@ -260,6 +304,11 @@ def _builder_cls():
     if _BUILDER is not None:
         return _BUILDER
     import tensorflow_datasets as tfds
+
+    class LocalInfo(tfds.core.DatasetInfo):
+        def initialize_from_bucket(self) -> None:
+            """No-op: this dataset is not on TFDS' bucket. TFDS' own version makes an empty temp directory per
+            builder (``mkdtemp("tfds")``) that it never removes, before looking the dataset up there."""
 
     class HhRlhf(tfds.core.GeneratorBasedBuilder):
         """HH-RLHF preference pairs split into prompt / chosen / rejected, with hash-based train/eval
@@ -293,7 +342,7 @@ def _builder_cls():
 
         def _info(self):
             text = tfds.features.Text()
-            return tfds.core.DatasetInfo(
+            return LocalInfo(
                 builder=self,
                 description=__doc__,
                 features=tfds.features.FeaturesDict(
@@ -504,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--manual-dir",
         default=None,
         help="HH-RLHF directory (<subset>/<split>.jsonl.gz); "
-        "default $INFALIGN_HH_DIR or ../shared/data/hh-rlhf",
+        "default $INFALIGN_HH_DIR, else the copy packaged with infalign_jax (harmless-base test split)",
     )
     ap.add_argument("--data-dir", default="runs/data", help="output TFDS data dir (default runs/data)")
     ap.add_argument(
@@ -512,18 +561,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(DEFAULT_SUBSETS),
         help="comma-separated subsets, or 'all' (default harmless-base)",
     )
-    ap.add_argument("--eval-percent", type=int, default=DEFAULT_EVAL_PERCENT)
+    ap.add_argument(
+        "--eval-percent",
+        type=int,
+        default=DEFAULT_EVAL_PERCENT,
+        help=f"percent of prompts in the eval split (default {DEFAULT_EVAL_PERCENT})",
+    )
     ap.add_argument("--skip-bad", action="store_true", help="skip and count bad lines instead of failing")
     args = ap.parse_args(argv)
     subsets = None if args.subsets == "all" else tuple(s for s in args.subsets.split(",") if s)
-    path = build_hh(args.manual_dir, args.data_dir, subsets, args.skip_bad, args.eval_percent)
+    settings = (args.manual_dir, args.data_dir, subsets, args.skip_bad, args.eval_percent)
+    done = finished_build(*settings)
+    path = done or build_hh(*settings)
     report = json.loads((path / "parse_report.json").read_text())
-    kept = report["kept"]
-    print(
-        f"built {path}: train={kept.get('train', 0)} eval={kept.get('eval', 0)} "
-        f"skipped={sum(report['skipped'].values())} {report['skipped'] or ''}".rstrip()
-    )
+    kept, skipped = report["kept"], report["skipped"]
+    title = (
+        f"HH-RLHF pairs: train={kept.get('train', 0)} eval={kept.get('eval', 0)} "
+        f"skipped={sum(skipped.values())} {skipped or ''}"
+    ).rstrip()
+    rows = [("subsets", ", ".join(report.get("subsets", ()))), ("source", str(report.get("manual_dir")))]
+    print(run_summary(title, rows, path, already_complete=done is not None))
     return 0
+
+
+def finished_build(
+    manual_dir, data_dir, subsets=DEFAULT_SUBSETS, skip_bad=False, eval_percent=DEFAULT_EVAL_PERCENT
+) -> Path | None:
+    """The dataset :func:`build_hh` with these arguments would build, if ``data_dir`` holds it already: its
+    ``parse_report.json`` records the same inputs and settings, and every input file is older than it. None
+    otherwise (reads only; missing inputs are the UsageError of :func:`input_files`)."""
+    path = dataset_dir(data_dir)
+    record = path / "parse_report.json"
+    if not ((path / "dataset_info.json").is_file() and record.is_file()):
+        return None
+    manual = resolve_manual_dir(manual_dir)
+    files = input_files(manual, subsets)
+    try:
+        report = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = dict(manual_dir=str(manual), eval_percent=eval_percent, skip_bad=skip_bad)
+    wanted["subsets"] = sorted({f.parent.name for f in files})
+    if not isinstance(report, dict) or any(report.get(k) != v for k, v in wanted.items()):
+        return None
+    built = record.stat().st_mtime_ns  # an input as new as the record (same clock tick) counts as newer
+    return path if all(f.stat().st_mtime_ns < built for f in files) else None
 
 
 if __name__ == "__main__":

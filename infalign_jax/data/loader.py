@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from infalign_jax.cli import UsageError
 from infalign_jax.data.hh import turn_spans
+from infalign_jax.errors import UsageError
 
 Encoded = dict[str, np.ndarray]
 

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from infalign_jax.analytic.procedures import parse_procedure
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 STANDARD = "standard"
 PROCEDURE_HELP = "standard, bon:N, won:N or kth:K,N (K counted from the lowest reward)"

@@ -44,7 +44,7 @@ def from_pretrained(path: str | os.PathLike, dtype: str | None = None):
     ``tokenizer`` is a ``transformers.AutoTokenizer`` (None if the directory has no tokenizer files).
     ``dtype``: parameter/activation dtype ('float32' by default; 'bfloat16' halves memory; logits stay
     float32). Unsupported architectures and missing / mis-shaped / unexpected tensors raise
-    :class:`infalign_jax.cli.UsageError`.
+    :class:`infalign_jax.errors.UsageError`.
     """
     return load_model(path, dtype), load_tokenizer(path)
 

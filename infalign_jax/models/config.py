@@ -26,7 +26,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
+from infalign_jax.io_utils import import_transformers
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -354,6 +355,7 @@ def _gemma3_text_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The text part of a multimodal Gemma 3 ``config.json`` as transformers builds it: published wrappers
     list only the keys that differ from ``Gemma3TextConfig``'s defaults (e.g. gemma-3-4b-it: six keys), so
     the defaults come from transformers itself; token ids given at the top level take precedence."""
+    import_transformers()  # no PyTorch banner
     from transformers import Gemma3TextConfig
 
     text = {k: v for k, v in dict(cfg["text_config"] or {}).items() if k != "model_type"}

@@ -30,6 +30,16 @@ def token_logprobs(graphdef, state, tokens_bt, positions_bt=None, mask_bt=None, 
     return nnx.merge(graphdef, state).token_logprobs(tokens_bt, positions_bt, mask_bt, chunk=chunk)
 
 
+def shared_prefix_logprobs(
+    graphdef, state, prompt_bt, prompt_mask_bt, response_bsl, response_mask_bsl, *, chunk: int = 256
+):
+    """log p(response[b, s, i] | prompt_b, response[b, s, :i]) [B, S, L], each prompt run once for its S
+    responses (differentiable); see :func:`transformer.shared_prefix_logprobs`."""
+    return nnx.merge(graphdef, state).shared_prefix_logprobs(
+        prompt_bt, prompt_mask_bt, response_bsl, response_mask_bsl, chunk=chunk
+    )
+
+
 def prefill(graphdef, state, tokens_bt, mask_bt, max_new_tokens=None):
     """(logits_bv, prefix_cache) for a left-padded prompt batch; see :func:`transformer.prefill`."""
     return nnx.merge(graphdef, state).prefill(tokens_bt, mask_bt, max_new_tokens)

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
+from infalign_jax.io_utils import import_transformers
 from infalign_jax.models.config import ModelConfig
 
 GEMMA3_270M = "gemma3-270m"
@@ -222,6 +223,7 @@ def hf_tensor_name(gguf_name: str) -> str | None:
 
 def build_tokenizer(meta: dict[str, Any]):
     """A transformers fast tokenizer rebuilt from ``tokenizer.ggml.*`` metadata (transformers' GGUF rules)."""
+    import_transformers()  # no PyTorch banner
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
 

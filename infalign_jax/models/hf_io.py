@@ -22,8 +22,8 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from infalign_jax.cli import UsageError
-from infalign_jax.io_utils import atomic_directory
+from infalign_jax.errors import UsageError
+from infalign_jax.io_utils import atomic_directory, import_transformers
 from infalign_jax.models.config import ModelConfig
 from infalign_jax.models.transformer import Transformer, param_shapes
 
@@ -252,6 +252,7 @@ def load_tokenizer(path: str | os.PathLike):
     path = Path(path)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         return None
+    import_transformers()  # no PyTorch banner
     from transformers import AutoTokenizer
 
     try:

@@ -18,7 +18,8 @@ D]`` (Gemma), ``mlp_norm [L, D]``, ``gate``/``up [L, D, F]``, ``down [L, F, D]``
 Pure-functional use: ``graphdef, state = nnx.split(model)`` once, then jit functions of ``state`` that call
 ``nnx.merge(graphdef, state)`` (see :mod:`infalign_jax.models.functional`). The math lives in module-level
 pure functions of ``(config, params)``: :func:`forward`, :func:`prefill`, :func:`decode_step`,
-:func:`init_sample_cache`.
+:func:`init_sample_cache`, and :func:`shared_prefix_logprobs` (S continuations of each prompt, the prompt
+run once).
 
 KV cache (for the vmapped best-of-N sampler). ``prefill`` runs the left-padded prompt once and returns a
 ``prefix_cache`` {k, v: L-tuples of [B, K, T, Dh], mask_bt, positions_bt, lengths_b}; each sample owns a
@@ -164,6 +165,15 @@ def _attend_decode(config: ModelConfig, q_bkgd, segments):
     return out.reshape(q_bkgd.shape[0], 1, config.num_heads * config.head_dim)
 
 
+def _block(config: ModelConfig, lp: Params, x_btd, positions_bt, inv_freq_f, allowed_btt, prefix=()):
+    """One decoder layer over ``x_btd``: its queries attend to the ``prefix`` segments ``(k_bskd, v_bskd,
+    allowed_bts)`` (keys computed elsewhere, e.g. a shared prompt) and then to its own keys (``allowed_btt``).
+    Returns ``(x_btd, k_btkd, v_btkd)``."""
+    q, k, v = _project_qkv(config, lp, x_btd, positions_bt, inv_freq_f)
+    x = _attn_out_and_mlp(config, lp, x_btd, _attend(config, q, [*prefix, (k, v, allowed_btt)]))
+    return x, k, v
+
+
 def _attn_out_and_mlp(config: ModelConfig, lp: Params, x_btd, attn_bth):
     """Output projection, residual, (post-)norms and the gated MLP (SwiGLU / GeGLU)."""
     c = config
@@ -219,9 +229,7 @@ def hidden_states(
 
     def layer(x, xs):
         lp, inv_freq_f, window = xs
-        q, k, v = _project_qkv(config, lp, x, positions_bt, inv_freq_f)
-        allowed = base_btt & (dist_btt < window)
-        x = _attn_out_and_mlp(config, lp, x, _attend(config, q, [(k, v, allowed)]))
+        x, k, v = _block(config, lp, x, positions_bt, inv_freq_f, base_btt & (dist_btt < window))
         return x, ((k, v) if kv else None)
 
     x, kv_out = jax.lax.scan(
@@ -244,12 +252,17 @@ def token_logprobs(
     under ``jax.checkpoint``, so neither the forward nor the backward pass holds the full [B, T, V] logits.
     """
     h = hidden_states(config, params, tokens_bt, positions_bt, mask_bt)[:, :-1]
-    targets = tokens_bt[:, 1:]
-    b, t1, d = h.shape
+    return _chunked_logprobs(config, params, h, tokens_bt[:, 1:], chunk)
+
+
+def _chunked_logprobs(config: ModelConfig, params: Params, h_btd, targets_bt, chunk: int):
+    """``log softmax(logits(h))[targets]`` [B, T] for final hidden states ``h_btd`` (pre final norm), the
+    logits formed ``chunk`` positions at a time under ``jax.checkpoint``."""
+    b, t1, d = h_btd.shape
     c = max(1, min(chunk, t1))
     pad = (-t1) % c
-    h_nbcd = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, c, d).swapaxes(0, 1)
-    tg_nbc = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, -1, c).swapaxes(0, 1)
+    h_nbcd = jnp.pad(h_btd, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, c, d).swapaxes(0, 1)
+    tg_nbc = jnp.pad(targets_bt, ((0, 0), (0, pad))).reshape(b, -1, c).swapaxes(0, 1)
 
     @jax.checkpoint
     def one(args):
@@ -260,6 +273,97 @@ def token_logprobs(
 
     out_nbc = jax.lax.map(one, (h_nbcd, tg_nbc))
     return out_nbc.swapaxes(0, 1).reshape(b, -1)[:, :t1]
+
+
+def shared_prefix_hidden_states(
+    config: ModelConfig, params: Params, prompt_bt, prompt_mask_bt, response_bsl, response_mask_bsl
+):
+    """Final hidden states (pre final norm) of a LEFT-padded prompt batch [B, T, D] and of S continuations of
+    every prompt [B, S, L, D], each prompt's activations computed ONCE for its S continuations.
+
+    Equal, up to float roundoff, to :func:`hidden_states` of every ``[prompt_b | response_bs]`` with mask
+    ``[prompt_mask_b | response_mask_bs]`` and positions ``cumsum(mask) - 1`` (so a continuation's positions
+    go on from its prompt's real length; padding keys hidden; sliding windows on these absolute positions):
+    under the causal mask the prompt rows never see the continuation, so they are one :func:`hidden_states`
+    of the prompt, and a continuation's queries attend to [the prompt's keys; its own keys] — prefix
+    self-attention plus suffix attention, as in Prefix Grouper (arXiv 2506.05433). Every layer runs the
+    prompt once, then the continuations vmapped over S with the prompt's k/v closed over (unbatched): the
+    score and value einsums broadcast them, the prompt cache is never copied S times, and under autodiff
+    the gradients of all S continuations sum into the one prompt computation.
+    """
+    b, t = prompt_bt.shape
+    s, length = response_bsl.shape[1:]
+    mask_bt = prompt_mask_bt.astype(bool)
+    pos_bt = default_positions(mask_bt)
+    # Continuations sample-major [S, B, L]: the vmapped axis leads, so no per-layer transposes.
+    rmask_sbl = jnp.swapaxes(response_mask_bsl.astype(bool), 0, 1)
+    lengths_b = jnp.sum(mask_bt, axis=1, dtype=jnp.int32)
+    pos_sbl = lengths_b[None, :, None] + jnp.cumsum(rmask_sbl.astype(jnp.int32), axis=-1) - 1
+    inv_freq_lf, window_l = layer_constants(config)
+    base_btt = jnp.tril(jnp.ones((t, t), bool))[None] & mask_bt[:, None, :]
+    dist_btt = pos_bt[:, :, None] - pos_bt[:, None, :]
+    dist_sblt = pos_sbl[..., None] - pos_bt[None, :, None, :]  # prompt keys: always before, real ones allowed
+    base_sbll = jnp.tril(jnp.ones((length, length), bool)) & rmask_sbl[:, :, None, :]
+    dist_sbll = pos_sbl[..., :, None] - pos_sbl[..., None, :]
+
+    def layer(carry, xs):
+        x_btd, x_sbld = carry
+        lp, inv_freq_f, window = xs
+        x_btd, k_btkd, v_btkd = _block(config, lp, x_btd, pos_bt, inv_freq_f, base_btt & (dist_btt < window))
+        allowed_prompt_sblt = mask_bt[None, :, None, :] & (dist_sblt < window)
+
+        def continuation(x_bld, pos_bl, allowed_prompt_blt, allowed_own_bll):
+            prefix = [(k_btkd, v_btkd, allowed_prompt_blt)]
+            return _block(config, lp, x_bld, pos_bl, inv_freq_f, allowed_own_bll, prefix)[0]
+
+        x_sbld = jax.vmap(continuation)(
+            x_sbld, pos_sbl, allowed_prompt_sblt, base_sbll & (dist_sbll < window)
+        )
+        return (x_btd, x_sbld), None
+
+    x0 = (_embed(config, params, prompt_bt), _embed(config, params, jnp.swapaxes(response_bsl, 0, 1)))
+    (x_btd, x_sbld), _ = jax.lax.scan(layer, x0, (params["layers"], inv_freq_lf, window_l))
+    return x_btd, jnp.swapaxes(x_sbld, 0, 1)
+
+
+def shared_prefix_logprobs(
+    config: ModelConfig,
+    params: Params,
+    prompt_bt,
+    prompt_mask_bt,
+    response_bsl,
+    response_mask_bsl,
+    *,
+    chunk: int = 256,
+):
+    """``logp_bsl[b, s, i] = log p(response[b, s, i] | prompt_b, response[b, s, :i])`` [B, S, L] (float32),
+    each prompt run once for its S responses (:func:`shared_prefix_hidden_states`; differentiable).
+
+    Equal, up to float roundoff, to ``token_logprobs`` of ``[prompt | response]`` (mask ``[prompt_mask |
+    response_mask]``) at the response positions, for every sample. Values at masked response positions are
+    whatever that computation gives there (callers mask them). The first response token is scored from the
+    prompt's last hidden state (one [B, V] logits row per prompt), the others vocab-chunked as in
+    :func:`token_logprobs`.
+    """
+    h_btd, h_bsld = shared_prefix_hidden_states(
+        config, params, prompt_bt, prompt_mask_bt, response_bsl, response_mask_bsl
+    )
+    b, s, length = response_bsl.shape
+    response_bsl = response_bsl.astype(jnp.int32)
+    logits_bv = _logits(config, params, h_btd[:, -1])
+    picked_bs = jnp.take_along_axis(logits_bv, response_bsl[:, :, 0], axis=-1)
+    first_bs1 = (picked_bs - jax.nn.logsumexp(logits_bv, axis=-1, keepdims=True))[..., None]
+    if length == 1:
+        return first_bs1
+    d = h_bsld.shape[-1]
+    rest = _chunked_logprobs(
+        config,
+        params,
+        h_bsld[:, :, :-1].reshape(b * s, length - 1, d),
+        response_bsl[:, :, 1:].reshape(b * s, length - 1),
+        chunk,
+    )
+    return jnp.concatenate([first_bs1, rest.reshape(b, s, length - 1)], axis=-1)
 
 
 def prefill(config: ModelConfig, params: Params, tokens_bt, mask_bt, max_new_tokens: int | None = None):
@@ -273,7 +377,7 @@ def prefill(config: ModelConfig, params: Params, tokens_bt, mask_bt, max_new_tok
     """
     b, t = tokens_bt.shape
     if max_new_tokens is not None and t + int(max_new_tokens) > config.max_position_embeddings:
-        from infalign_jax.cli import UsageError
+        from infalign_jax.errors import UsageError
 
         raise UsageError(
             f"prompt length {t} + max_new_tokens {max_new_tokens} exceeds max_position_embeddings "
@@ -474,6 +578,19 @@ class Transformer(nnx.Module):
 
     def token_logprobs(self, tokens_bt, positions_bt=None, mask_bt=None, *, chunk: int = 256):
         return token_logprobs(self.config, self.params(), tokens_bt, positions_bt, mask_bt, chunk=chunk)
+
+    def shared_prefix_logprobs(
+        self, prompt_bt, prompt_mask_bt, response_bsl, response_mask_bsl, *, chunk: int = 256
+    ):
+        return shared_prefix_logprobs(
+            self.config,
+            self.params(),
+            prompt_bt,
+            prompt_mask_bt,
+            response_bsl,
+            response_mask_bsl,
+            chunk=chunk,
+        )
 
     def prefill(self, tokens_bt, mask_bt, max_new_tokens: int | None = None):
         return prefill(self.config, self.params(), tokens_bt, mask_bt, max_new_tokens)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -174,7 +174,7 @@ def _scan_fit(graphdef, learning_rate, steps, params, rest, fc, fr, idx_sb, l2):
 def select_l2_by_cv(head: nnx.Module, fc_nf, fr_nf, l2_grid, folds: int = 5, **fit_kw) -> tuple[float, dict]:
     """Picks the L2 strength with the lowest held-out BT loss in ``folds``-fold cross-validation on the
     TRAIN features (the eval split is never looked at). Returns ``(best_l2, {l2: mean held-out loss})``."""
-    from infalign_jax.cli import UsageError
+    from infalign_jax.errors import UsageError
 
     n = len(fc_nf)
     folds = min(folds, n)  # never an empty held-out fold (its loss would be NaN)

@@ -13,7 +13,8 @@ Backbones (``RewardSpec.backbone``):
   - ``response_len``: log(1 + response tokens) (a one-dimensional length feature).
 - ``"decoder"``: a policy-architecture decoder (:class:`infalign_jax.models.Transformer`, loaded from a
   local HF folder) on ``prompt + response``; the feature is the final-normed hidden state of the last real
-  token.
+  token. With ``policy_tokens=True`` (the decoder = the SFT policy export) it tokenizes as the CTRL policy
+  does, so policy samples are scored on their own ids inside the train step (:mod:`.policy_tokens`).
 
 Token layout for :meth:`RewardModel.score`: ``prompt_bp`` LEFT-padded, ``response_br`` RIGHT-padded (int32,
 masks 1 = real token). Positions come from ``cumsum(mask) - 1``, so the padding in the middle of the joined
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 from infalign_jax.reward.bert import BertEncoder, load_bert, load_bert_tokenizer, mean_pool, minilm_dir
 
 BACKBONES = ("minilm", "decoder")
@@ -63,6 +64,9 @@ class RewardSpec:
     max_response_tokens: int = 64
     length_buckets: tuple[int, ...] = (16, 32, 64)
     batch_buckets: tuple[int, ...] = (1, 8, 32, 64)
+    # Decoder only: tokenize as the CTRL policy does (``<bos>`` + prompt tail | " " + reply + ``<eos>``) so
+    # policy samples are scored on their own token ids in the train step (reward/policy_tokens.py).
+    policy_tokens: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "features", tuple(self.features))
@@ -70,6 +74,8 @@ class RewardSpec:
         object.__setattr__(self, "batch_buckets", tuple(sorted(int(b) for b in self.batch_buckets)))
         if self.backbone not in BACKBONES:
             raise UsageError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.policy_tokens and self.backbone != "decoder":
+            raise UsageError("model.policy_tokens needs backbone='decoder' (the policy's own tokenizer)")
         if self.backbone == "minilm":
             bad = [f for f in self.features if f not in MINILM_FEATURES]
             if not self.features or bad:
@@ -103,7 +109,10 @@ class RewardSpec:
             raise UsageError("length_buckets and batch_buckets must be non-empty lists of positive ints")
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.policy_tokens:  # specs saved before the field existed hash (weights_digest) as before
+            del d["policy_tokens"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RewardSpec:
@@ -272,6 +281,7 @@ class RewardModel:
         self.tokenizer = tokenizer
         self.graphdef, self.state = nnx.split(net)
         self._tokenize = _Tokenizer(tokenizer, _prompt_prefix(spec, tokenizer))
+        self.policy_tokenizer = None  # a PolicyTokenizer when spec.policy_tokens (set by build_reward_model)
         self.trace_count = 0  # how many times the scoring function was traced (tests check no retrace)
         self._score_jit = jax.jit(self._score_pure)
         self._features_jit = jax.jit(self._features_pure)
@@ -317,14 +327,20 @@ class RewardModel:
 
         Responses are stripped of surrounding whitespace, like the training replies (``data.hh.split_pair``):
         decoded policy samples usually start with a space, which a byte-level (decoder) backbone would see
-        as other tokens than it was trained on (one reply scored −5.38 stripped vs −6.66 unstripped)."""
+        as other tokens than it was trained on (one reply scored −5.38 stripped vs −6.66 unstripped).
+        With ``spec.policy_tokens`` the layout is the CTRL policy's instead (:mod:`~infalign_jax.reward.
+        policy_tokens`): ``<bos>`` + prompt tail, ``" " + reply + <eos>``."""
         if len(prompts) != len(responses):
             raise UsageError(f"{len(prompts)} prompts but {len(responses)} responses")
         s = self.spec
-        prefix = self._tokenize.prompt_prefix  # e.g. BOS: kept in front of a truncated prompt
-        keep = max(s.max_prompt_tokens - len(prefix), 0)
-        p_ids = [prefix + (x[len(x) - keep :] if len(x) > keep else x) for x in self._tokenize(prompts)]
-        r_ids = [x[: s.max_response_tokens] for x in self._tokenize([r.strip() for r in responses])]
+        if self.policy_tokenizer is not None:  # the CTRL policy's layout (reward/policy_tokens.py)
+            p_ids = self.policy_tokenizer.prompts(prompts)
+            r_ids = self.policy_tokenizer.responses(responses)
+        else:
+            prefix = self._tokenize.prompt_prefix  # e.g. BOS: kept in front of a truncated prompt
+            keep = max(s.max_prompt_tokens - len(prefix), 0)
+            p_ids = [prefix + (x[len(x) - keep :] if len(x) > keep else x) for x in self._tokenize(prompts)]
+            r_ids = [x[: s.max_response_tokens] for x in self._tokenize([r.strip() for r in responses])]
         n = len(p_ids)
         b = batch if batch is not None else bucket_size(max(n, 1), s.batch_buckets)
         if b < n:
@@ -399,6 +415,8 @@ class RewardModel:
         cached backbone features (the head and training settings do not change the features)."""
         s = self.spec
         keys = (s.backbone, s.decoder_path, list(s.features), s.max_prompt_tokens, s.max_response_tokens)
+        if s.policy_tokens:  # other tokens, other features (older caches keep their keys)
+            keys = (*keys, "policy_tokens")
         h = hashlib.sha256(json.dumps(keys).encode())
         folder = minilm_dir() if self.spec.backbone == "minilm" else Path(self.spec.decoder_path)
         for name in sorted(os.listdir(folder)):
@@ -446,7 +464,13 @@ def build_reward_model(spec: RewardSpec, seed: int = 0) -> RewardModel:
     decoder, tok = from_pretrained(spec.decoder_path)
     if tok is None:
         raise UsageError(f"{spec.decoder_path}: the decoder backbone needs tokenizer files in its folder")
-    return RewardModel(spec, DecoderRewardNet(decoder, spec, rngs=rngs), tok)
+    rm = RewardModel(spec, DecoderRewardNet(decoder, spec, rngs=rngs), tok)
+    if spec.policy_tokens:
+        from infalign_jax.reward.policy_tokens import PolicyTokenizer, special_ids
+
+        bos, eos = special_ids(decoder.config, tok)
+        rm.policy_tokenizer = PolicyTokenizer(tok, bos, eos, spec.max_prompt_tokens, spec.max_response_tokens)
+    return rm
 
 
 def trained_filter(spec: RewardSpec):

@@ -22,7 +22,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 
 NEG_INF = -jnp.inf
 

@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 from infalign_jax.mesh import DATA, data_sharding
 from infalign_jax.sampling.filters import NEG_INF, SamplingConfig, model_logprob, sample_token
 from infalign_jax.seeds import as_typed_key, seed_key

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from infalign_jax.cli import UsageError
+from infalign_jax.errors import UsageError
 from infalign_jax.sampling.filters import SamplingConfig
 from infalign_jax.sampling.sampler import SampleOutput, Sampler
 
