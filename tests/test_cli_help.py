@@ -25,6 +25,8 @@ CLIS = {
     "infalign_jax.analytic": ["--procedure", "--kl", "--grid", "--json", "--plot"],
     "infalign_jax.data.hh": ["--manual-dir", "--data-dir", "--subsets", "--skip-bad"],
     "infalign_jax.tokenizer_train": ["--data-dir", "--out", "--vocab-size", "--overwrite"],
+    "infalign_jax.evaluate": ["--policy", "--reference", "--judge", "--samples", "--procedures", "--workdir"],
+    "infalign_jax.experiments.hh_harmless": ["--workdir", "--scale", "--seed", "--results"],
 }
 # Config-driven CLI -> its default config (what --help documents without --config).
 DEFAULT_CONFIGS = {

@@ -1,0 +1,1 @@
+"""End-to-end experiments built from the library's CLIs (docs/experiment_hh.md)."""
