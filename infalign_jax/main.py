@@ -184,14 +184,13 @@ def format_summary(summary: dict) -> str:
     spec, kl = summary["procedure"], summary["kl_budget"]
     lines = [
         f"InfAlign main job: T = {spec}, KL budget {kl}, CTRL on a {summary['steps']}-step contextual bandit",
-        f"{'method':>12} | {'transform':>14} {'beta':>7} | {'KL learned':>10} {'predicted':>9} | "
+        f"{'method':>12} | {'transform':>18} {'beta':>7} | {'KL learned':>10} {'predicted':>9} | "
         f"{'W learned':>9} {'predicted':>9}",
     ]
     for method, r in summary["ctrl"].items():
-        name = r["transform"] if not r["transform"].startswith("table:") else "table:Φ*"
         lines.append(
-            f"{method:>12} | {name:>14} {r['beta']:7.4f} | {r['kl']:10.4f} {r['predicted_kl']:9.4f} | "
-            f"{r['win_rate']:9.4f} {r['predicted_win_rate']:9.4f}"
+            f"{method:>12} | {r['transform']:>18} {r['beta']:7.4f} | "
+            f"{r['kl']:10.4f} {r['predicted_kl']:9.4f} | {r['win_rate']:9.4f} {r['predicted_win_rate']:9.4f}"
         )
     gain = summary["ctrl"]["exponential"]["win_rate"] - summary["ctrl"]["identity"]["win_rate"]
     lines.append(
