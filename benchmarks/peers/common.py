@@ -73,6 +73,26 @@ def parse_result(line: str) -> dict | None:
     return json.loads(line[len(RESULT_PREFIX) :])
 
 
+def serve(versions: dict, sample, rl) -> None:
+    """A driver's command loop: announce readiness with ``versions``, then answer one JSON command per stdin
+    line (``sample`` / ``rl`` handlers; ``quit`` ends it) with one result line. A handler's exception is
+    reported as ``{"error": ...}`` to run.py, which records it for that cell and goes on."""
+    import sys
+    import traceback
+
+    print(result_line({"ready": True, "versions": versions}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "quit":
+            break
+        try:
+            res = sample(cmd) if cmd["op"] == "sample" else rl(cmd)
+        except Exception as e:  # noqa: BLE001 — one failing cell must not end the run
+            traceback.print_exc()
+            res = {"error": f"{type(e).__name__}: {e}"}
+        print(result_line(res), flush=True)
+
+
 def prompt_ids(shape: Shape, seed: int, vocab: int = MODEL["vocab"]) -> list[list[int]]:
     """The shape's prompts: deterministic pseudo-random token ids in [3, vocab) (no BOS/EOS/pad), the same
     lists on every side (a 64-bit LCG, so no numpy is needed)."""

@@ -19,7 +19,6 @@ benchmark's reward (fraction of even token ids) as a jitted function, so no rewa
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -127,19 +126,7 @@ def main() -> None:
         return out
 
     versions = {"jax": jax.__version__, "shared_prompt_default": shared_default}
-    print(common.result_line({"ready": True, "versions": versions}), flush=True)
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd["op"] == "quit":
-            break
-        try:
-            res = sample(cmd) if cmd["op"] == "sample" else rl(cmd)
-        except Exception as e:  # reported to run.py, which records it for this cell and goes on
-            import traceback
-
-            traceback.print_exc()
-            res = {"error": f"{type(e).__name__}: {e}"}
-        print(common.result_line(res), flush=True)
+    common.serve(versions, sample, rl)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ a step is timed from the command to the callback's ``on_step_end``. TRL exposes 
 
 from __future__ import annotations
 
-import json
 import queue
 import sys
 import tempfile
@@ -172,19 +171,7 @@ def main() -> None:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-    print(common.result_line({"ready": True, "versions": versions}), flush=True)
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd["op"] == "quit":
-            break
-        try:
-            res = sample(cmd) if cmd["op"] == "sample" else rl(cmd)
-        except Exception as e:  # reported to run.py, which records it for this cell and goes on
-            import traceback
-
-            traceback.print_exc()
-            res = {"error": f"{type(e).__name__}: {e}"}
-        print(common.result_line(res), flush=True)
+    common.serve(versions, sample, rl)
     for gate, thread in trainers.values():
         gate.commands.put(None)
         thread.join(timeout=60)

@@ -200,19 +200,7 @@ def main() -> None:
         }
 
     versions = {"tunix": getattr(tunix, "__version__", "0.1.7"), "jax": jax.__version__}
-    print(common.result_line({"ready": True, "versions": versions}), flush=True)
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd["op"] == "quit":
-            break
-        try:
-            res = sample(cmd) if cmd["op"] == "sample" else rl(cmd)
-        except Exception as e:  # reported to run.py, which records it for this cell and goes on
-            import traceback
-
-            traceback.print_exc()
-            res = {"error": f"{type(e).__name__}: {e}"}
-        print(common.result_line(res), flush=True)
+    common.serve(versions, sample, rl)
 
 
 if __name__ == "__main__":
