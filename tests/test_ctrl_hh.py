@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reward_fixtures import save_random_head_rm
 
 from infalign_jax.cli import UsageError, load_config_file, run_main
 from infalign_jax.ctrl import hh
 from infalign_jax.ctrl.table import load_table
-from infalign_jax.reward import RewardSpec, build_reward_model, save_reward_model
 
 SMALL = {
     "hh.reward_scorer": "callback",  # the fixture RM reads text (policy tokens: test_reward_policy_tokens.py)
@@ -45,19 +45,7 @@ def parts(hh_dir, repo_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("ctrl_hh")
     build_hh(hh_dir, root / "data")
     policy = repo_root / "tests" / "fixtures" / "models" / "llama"
-    spec = RewardSpec(
-        backbone="decoder",
-        decoder_path=str(policy),
-        max_prompt_tokens=16,
-        max_response_tokens=16,
-        length_buckets=(16,),
-        batch_buckets=(8,),
-    )
-    rm = build_reward_model(spec, seed=0)
-    net = rm.net
-    net.head.out.kernel[...] = jax.random.normal(jax.random.key(1), net.head.out.kernel[...].shape)
-    rm.set_net(net)
-    save_reward_model(rm, root / "rm")
+    save_random_head_rm(policy, root / "rm")
     return {"root": root, "policy": policy, "rm": root / "rm", "data": root / "data"}
 
 

@@ -19,10 +19,10 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from reward_fixtures import save_random_head_rm
 
 from infalign_jax.cli import run_main
 from infalign_jax.evaluate import command, inference_win_rate
-from infalign_jax.reward import RewardSpec, build_reward_model, save_reward_model
 
 PROCEDURES = "standard,bon:2,won:4,kth:2,3"
 
@@ -51,19 +51,7 @@ def parts(hh_dir, repo_root, tmp_path_factory):
     vocab["!"], vocab['"'] = vocab['"'], vocab["!"]
     (root / "othertok" / "tokenizer.json").write_text(json.dumps(tok_json))
 
-    spec = RewardSpec(
-        backbone="decoder",
-        decoder_path=str(ref),
-        max_prompt_tokens=16,
-        max_response_tokens=16,
-        length_buckets=(16,),
-        batch_buckets=(8,),
-    )
-    rm = build_reward_model(spec, seed=0)
-    net = rm.net
-    net.head.out.kernel[...] = jax.random.normal(jax.random.key(1), net.head.out.kernel[...].shape)
-    rm.set_net(net)
-    save_reward_model(rm, root / "rm")
+    save_random_head_rm(ref, root / "rm")
     (root / "rm" / "eval.json").write_text(
         json.dumps({"pairwise_accuracy": 0.61, "ci95": [0.55, 0.67], "n_eval": 99})
     )
