@@ -39,15 +39,16 @@ def _no_calibration(rewards_ps, ref_sorted_pk, method):
     return 0.5 + 0.0 * rewards_ps + 0.0 * jnp.sum(ref_sorted_pk, axis=1, keepdims=True)
 
 
-def update_ab(args) -> None:
-    """The ``--update-ab`` mode (see the module docstring)."""
+def update_fixture(args):
+    """The update phase's inputs on the benchmark model: ``(model_cfg, tx, cfg, state, batch, samples, scores,
+    calib)`` for ``phase_update`` (P = ``args.prompts`` prompts of ``args.prompt_len`` tokens, S =
+    ``args.samples`` responses of ``args.new_tokens`` tokens; random weights and tokens of ``args.seed``)."""
     import optax
     from flax import nnx
     from sampler import model_config  # benchmarks/sampler.py (this script's directory is on sys.path)
 
-    from infalign_jax.ctrl.lm import LMPolicy
     from infalign_jax.ctrl.objective import LossConfig
-    from infalign_jax.ctrl.train_step import StepConfig, TrainState, phase_update
+    from infalign_jax.ctrl.train_step import StepConfig, TrainState
     from infalign_jax.ctrl.transforms import parse_transform
     from infalign_jax.models import Transformer
 
@@ -75,6 +76,17 @@ def update_ab(args) -> None:
     state = TrainState(
         jnp.int32(0), params, tx.init(params), jnp.zeros(2, jnp.uint32), jnp.int32(0), ref_params, {}
     )
+    return model_cfg, tx, cfg, state, batch, samples, scores, calib
+
+
+def update_ab(args) -> None:
+    """The ``--update-ab`` mode (see the module docstring)."""
+    from infalign_jax.ctrl.lm import LMPolicy
+    from infalign_jax.ctrl.train_step import phase_update
+
+    model_cfg, tx, cfg, state, batch, samples, scores, calib = update_fixture(args)
+    p, s, t, length = args.prompts, args.samples, args.prompt_len, args.new_tokens
+    params = state.params
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(
         f"update A/B: {n_params / 1e6:.1f}M-parameter Llama, P={p} prompts x S={s} responses, prompt {t} + "
