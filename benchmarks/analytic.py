@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from infalign_jax.analytic import solver
-from infalign_jax.analytic.command import analyze
+from infalign_jax.analytic.comparison import analyze
 from infalign_jax.analytic.solver import (
     bon_policy_point,
     bon_policy_win_rate,

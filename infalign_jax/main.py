@@ -25,15 +25,16 @@ from pathlib import Path
 import jax
 
 from infalign_jax import config_checks, run_settings
-from infalign_jax.analytic import command as analytic_command
+from infalign_jax.analytic import comparison as analytic_comparison
 from infalign_jax.analytic.plotting import figure_png_bytes, frontier_figure
 from infalign_jax.analytic.solver import DEFAULT_CELLS, as_procedure
 from infalign_jax.cli import ArgumentParser, UsageError, load_config_file, run_main, run_summary
 from infalign_jax.ctrl.bandit import EVAL_PROCEDURES
+from infalign_jax.harness.workdir import ResumeRule, claim
 from infalign_jax.io_utils import atomic_write_bytes, atomic_write_json
 from infalign_jax.preemption import EXIT_PREEMPTED, Preempted
 from infalign_jax.seeds import check_seed
-from infalign_jax.train import train
+from infalign_jax.train import exponential_spec, train
 
 BANDIT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ctrl_bandit.py"
 PHI_STAR = "phi_star.npz"  # Φ* exported for the optimal run, in the workdir (named relative to it)
@@ -72,46 +73,31 @@ def _method_settings(report: dict, phi_star_path: str | Path) -> dict[str, tuple
     """method -> (transform spec, β), every β chosen by the solver so the prediction lands on the budget;
     the optimal method's spec is ``table:<phi_star_path>``."""
     point = report["points"][0]
-    t = point["exponential"]["t"]
-    exponential = "identity" if abs(t) < 1e-3 else f"exp:{t:.6g}"  # t ≈ 0 (T = identity): Φ_t is u
     return {
         "identity": ("identity", point["identity"]["beta"]),
-        "exponential": (exponential, point["exponential"]["beta"]),
+        "exponential": (exponential_spec(point["exponential"]["t"]), point["exponential"]["beta"]),
         "optimal": (f"table:{phi_star_path}", point["optimal"]["beta"]),
     }
 
 
-def _claim_workdir(workdir: Path, settings: dict) -> None:
-    """Creates ``workdir`` (or reuses it for the same settings: the runs inside resume) and records the
-    settings in ``settings.json`` before anything else is written. A workdir of a run with other settings is
-    refused (UsageError) with nothing touched: resuming it would report its policies under the new settings
-    (--steps included: the bandit config's cosine learning rate is spread over the run's length, so a run
-    extended from 150 to 300 steps is not a 300-step run)."""
-    if workdir.exists() and not workdir.is_dir():
-        raise UsageError(f"--workdir {workdir} exists and is not a directory")
-    record = workdir / "settings.json"
-    previous = None
+# The main job's settings; the run length is --steps, which never changes: the bandit config's cosine
+# learning rate is spread over the run, so a run extended from 150 to 300 steps is not a 300-step run.
+RESUME_RULE = ResumeRule(length_key="steps", hint="use another --workdir")
+
+
+def _older_settings(workdir: Path, recorded: dict | None, settings: dict) -> dict | None:
+    """The settings of a workdir written by an older version: ``summary.json`` supplies what the record
+    lacks (``steps``, recorded before --steps was a setting) or the whole record (written before
+    ``settings.json`` existed)."""
     summary_path = workdir / "summary.json"
-    if record.is_file():
-        previous = run_settings.read_settings(record)
-        if "steps" not in previous and summary_path.is_file():  # recorded before --steps was a setting
-            previous["steps"] = run_settings.read_settings(summary_path).get("steps", run_settings.MISSING)
-    elif summary_path.is_file():  # written before settings.json existed
+    if recorded is not None:
+        if "steps" not in recorded and summary_path.is_file():
+            recorded["steps"] = run_settings.read_settings(summary_path).get("steps", run_settings.MISSING)
+        return recorded
+    if summary_path.is_file():
         summary = run_settings.read_settings(summary_path)
-        previous = {k: summary.get(k, run_settings.MISSING) for k in settings}
-    compared = settings
-    if previous is not None and "steps" not in previous:  # an interrupted run recorded before --steps was:
-        compared = {k: v for k, v in settings.items() if k != "steps"}  # each CTRL run's own check decides
-    if previous is not None:  # the one resume rule (--steps never changes: the lr decays over the run)
-        run_settings.check_resumable(
-            previous, compared, where=f"--workdir {workdir}", length_key="steps", hint="use another --workdir"
-        )
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create --workdir {workdir}: {e.strerror or e}") from None
-    if previous is None:
-        atomic_write_json(record, settings)
+        return {k: summary.get(k, run_settings.MISSING) for k in settings}
+    return None
 
 
 def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict:
@@ -127,12 +113,24 @@ def run(procedure: str, kl: float, workdir: Path, seed: int, steps: int) -> dict
         raise UsageError(
             f"{BANDIT_CONFIG} not found: run the main job from a checkout installed with `pip install -e .`"
         )
-    _claim_workdir(workdir, {"procedure": spec, "kl_budget": kl, "seed": seed, "steps": steps})
+    # The workdir's settings recorded before anything is written; other settings are refused, nothing
+    # touched. A run recorded before --steps was a setting is compared without it: each CTRL run's own check
+    # decides about its length.
+    settings = {"procedure": spec, "kl_budget": kl, "seed": seed, "steps": steps}
+    claim(
+        workdir,
+        settings,
+        rule=RESUME_RULE,
+        what="--workdir",
+        where=f"--workdir {workdir}",
+        older=_older_settings,
+        ignore_absent=("steps",),
+    )
 
     # 1. Theory: the three transformations at the budget, and Φ* exported as a table for the trainer.
-    report, results = analytic_command.analyze(spec, [kl], grid=DEFAULT_CELLS, with_curves=True)
+    report, results = analytic_comparison.analyze(spec, [kl], grid=DEFAULT_CELLS, with_curves=True)
     phi_star = jax.tree.map(lambda x: x[0], results[0])
-    phi_star_npz = analytic_command.transform_npz_bytes(phi_star, spec, DEFAULT_CELLS)
+    phi_star_npz = analytic_comparison.transform_npz_bytes(phi_star, spec, DEFAULT_CELLS)
     atomic_write_bytes(workdir / PHI_STAR, phi_star_npz)
 
     # 2. CTRL on the bandit, one run per transformation.

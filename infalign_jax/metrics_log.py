@@ -137,10 +137,13 @@ class MetricsWriter:
         os.fsync(self._jsonl.fileno())
 
     def close(self) -> None:
+        """Closes the files and the progress bar (again: nothing)."""
         if not self.enabled:
             return
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
         self._jsonl.close()
         if self._bar is not None:
             self._bar.close()
+            self._bar = None

@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+import optax
 from absl import flags
 from jax.experimental import multihost_utils
 
@@ -41,14 +42,18 @@ from infalign_jax.cli import (
 )
 from infalign_jax.ctrl import bandit
 from infalign_jax.ctrl.calibration import BROADCAST_MAX_K
-from infalign_jax.ctrl.checkpoint import DAMAGED_DIR, RunCheckpointer
+from infalign_jax.ctrl.checkpoint import step_mismatch, with_items
 from infalign_jax.ctrl.objective import LossConfig
-from infalign_jax.ctrl.train_step import CtrlProblem, CtrlTrainer, StepConfig, make_optimizer
+from infalign_jax.ctrl.problem import CtrlProblem
+from infalign_jax.ctrl.train_step import CtrlTrainer, StepConfig, TrainState
 from infalign_jax.ctrl.transforms import Transform, check_transform_for_procedure, parse_transform
+from infalign_jax.harness.loop import training_loop
+from infalign_jax.harness.optimizer import make_optimizer
+from infalign_jax.harness.workdir import ResumeRule, open_run, settings_in_checkpoint
 from infalign_jax.io_utils import atomic_write_json, check_directory_path, ensure_writable_dir
 from infalign_jax.mesh import DATA, make_mesh
 from infalign_jax.metrics_log import MetricsWriter
-from infalign_jax.preemption import EXIT_PREEMPTED, Preempted, any_process, sigterm_flag
+from infalign_jax.preemption import EXIT_PREEMPTED, Preempted, any_process
 from infalign_jax.seeds import seed_key
 
 
@@ -80,9 +85,13 @@ def auto_exponential(procedure: str, kl_budget: float) -> tuple[Transform, float
         point = best_exponential(procedure, float(kl_budget))
     except ValueError as e:
         raise UsageError(f"auto_t: {e}") from e
-    t = float(point.t)
-    transform = parse_transform("identity" if abs(t) < 1e-3 else f"exp:{t:.6g}")
-    return transform, float(point.beta)
+    return parse_transform(exponential_spec(float(point.t))), float(point.beta)
+
+
+def exponential_spec(t: float) -> str:
+    """The transform spec of the exponential Φ_t: ``exp:<t>``, or ``identity`` for t ≈ 0 (|t| < 1e-3; the
+    best t for T = identity, where Φ_t is u itself — ``exp:0`` is not a valid transform)."""
+    return "identity" if abs(t) < 1e-3 else f"exp:{t:.6g}"
 
 
 # Numeric fields checked before any work (config_checks.number bounds): NaN / inf / out-of-range values used
@@ -173,35 +182,34 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
 
 
 # Config keys (or sections) a resumed run may change: run length (only under a constant learning rate, see
-# check_resumable) and bookkeeping, execution choices that give the same numbers up to float rounding (the
+# resume_rule) and bookkeeping, execution choices that give the same numbers up to float rounding (the
 # mesh — checkpoints restore onto any mesh; reductions then run in another order, ~1e-6 —, phased vs fused
 # steps, the calibration kernel, the shared-prompt log-probs), and the bandit's fault injection (tests resume
 # a clean run with a NaN reward switched on).
 RESUMABLE_KEYS = ("num_steps", "checkpoint_every", "max_to_keep", "progress", "mesh", "step_mode")
 RESUMABLE_KEYS += ("calibration_method", "bandit.nan_response", "shared_prompt")
 
+# What a run writes into its workdir besides the settings record: a workdir holding any of them is a run's;
+# the last two mark a finished run.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "final_eval.json", EXPORT_DIR)
+FINISHED = ("final_eval.json", EXPORT_DIR)
 
-def check_resumable(saved: dict | None, config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """UsageError if the run recorded in ``workdir`` (its settings, ``saved``) was made with settings other
-    than ``config`` (outside RESUMABLE_KEYS): resuming would report the old policy under the new settings.
-    ``num_steps`` may change only under a constant learning rate (:func:`run_settings.check_resumable`)."""
-    if not saved:
-        return
-    run_settings.check_resumable(
-        saved,
-        _settings(config),
-        where=str(workdir),
+
+def resume_rule(config: ml_collections.ConfigDict) -> ResumeRule:
+    """The settings a rerun of ``config`` in the same workdir may change (:data:`RESUMABLE_KEYS`):
+    ``num_steps`` only under a constant learning rate."""
+    schedule = config.optim.schedule
+    return ResumeRule(
         resumable=RESUMABLE_KEYS,
         # The decay of a cosine / linear schedule is spread over num_steps: continuing a 200-step run to 400
         # steps would give neither the 200-step nor the 400-step run (its lr already decayed), yet be reported
         # as the latter. Under a constant lr (after warmup) the extended run equals one of the longer length.
-        extendable=config.optim.schedule == "constant",
+        extendable=schedule == "constant",
         length_note=(
-            f"; with optim.schedule {config.optim.schedule!r} the learning rate of every step depends on "
-            "num_steps"
+            f"; with optim.schedule {schedule!r} the learning rate of every step depends on num_steps"
         ),
         hint="use another workdir (only runs with optim.schedule='constant' may be extended)"
-        if config.optim.schedule != "constant"
+        if schedule != "constant"
         else "use another workdir",
     )
 
@@ -211,88 +219,24 @@ def _settings(config: ml_collections.ConfigDict) -> dict:
     return json.loads(json.dumps(config.to_dict()))
 
 
-# What a run writes into its workdir besides the settings record: a workdir holding any of them is a run's.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "final_eval.json", EXPORT_DIR)
-
-
-def _open_run(workdir: Path, config: ml_collections.ConfigDict, state):
-    """Claims ``workdir`` for the run of ``config``: ``(checkpointer, state)`` with the state of the newest
-    intact checkpoint restored (or ``state`` itself for a new run).
-
-    The run's settings are recorded in ``workdir/settings.json`` (:data:`run_settings.RECORD`) before
-    anything else is written, so that no deletion inside the workdir lets a rerun mix settings: a rerun with
-    other settings is refused whatever is left of the checkpoints. A workdir of an older version without the
-    record is checked against its newest checkpoint's config. Refused (UsageError, nothing written): other
-    settings; outputs of a run whose settings are recorded nowhere; a finished run (``final_eval.json`` or the
-    export) whose checkpoints are gone — starting over would overwrite its outputs: use another workdir; a
-    workdir whose checkpoints are all damaged; a checkpoint beyond ``num_steps``. A run interrupted before its
-    first checkpoint starts over (the same settings give the same steps; its logs are rewritten). A damaged
-    newest checkpoint (see :mod:`infalign_jax.ctrl.checkpoint`) is skipped for the newest intact one, with one
-    warning line on stderr."""
-    ckpt_dir = workdir / "checkpoints"
-    has_steps = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-    saved = run_settings.recorded(workdir)
-    if saved is None and has_steps:  # a workdir of an older version: the settings are in its checkpoint
-        saved = _checkpoint_config(workdir, config)
-    if saved is None and (found := [n for n in RUN_OUTPUTS if _holds_something(workdir / n)]):
-        raise UsageError(
-            f"{workdir} holds outputs of an earlier run ({', '.join(found)}) but no record of its settings "
-            f"({run_settings.RECORD}); resuming or overwriting it could mix two runs — use another workdir"
-        )
-    check_resumable(saved, config, workdir)
-    if not has_steps and (done := [n for n in ("final_eval.json", EXPORT_DIR) if (workdir / n).exists()]):
-        raise UsageError(
-            f"{workdir} holds a finished run ({', '.join(done)}) but no checkpoint: starting over would "
-            "overwrite its outputs — use another workdir"
-        )
-    if jax.process_count() > 1:  # every process has checked the workdir before process 0 writes into it
-        multihost_utils.sync_global_devices("infalign_jax.train: workdir checked")
-    if not has_steps and jax.process_index() == 0:  # a new run: its record first, then checkpoints/
-        run_settings.record(workdir, _settings(config))
-    ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
-    try:
-        restored, _, damaged = ckpt.restore_intact(state)
-    except UsageError:
-        ckpt.close()
-        raise
-    if restored is not None and int(restored.step) > config.num_steps:
-        ckpt.close()  # resuming would report the longer run as this one
-        raise UsageError(
-            f"{workdir} holds a run trained for {int(restored.step)} steps, more than num_steps "
-            f"{config.num_steps}; use another workdir (or num_steps >= {int(restored.step)})"
-        )
-    if jax.process_index() == 0:
-        run_settings.record(workdir, _settings(config))
-    if damaged:
-        ckpt.set_aside(damaged)
-        bad = "; ".join(f"checkpoint {d.step} is damaged ({d.reason})" for d in damaged)
-        print(
-            f"warning: {bad}; resuming from step {int(restored.step)} (damaged checkpoints moved to "
-            f"{workdir / DAMAGED_DIR})",
-            file=sys.stderr,
-            flush=True,
-        )
-    return ckpt, state if restored is None else restored
-
-
-def _holds_something(path: Path) -> bool:
-    """A file, or a directory that is not empty (an empty checkpoints/ holds no run)."""
-    return path.is_file() or (path.is_dir() and any(path.iterdir()))
-
-
-def _checkpoint_config(workdir: Path, config: ml_collections.ConfigDict) -> dict | None:
-    """The config saved with the newest checkpoint that has one (None: none readable); reads only."""
-    ckpt = RunCheckpointer(workdir, config.checkpoint_every, config.max_to_keep)
-    try:
-        for step in reversed(ckpt.all_steps()):
-            try:
-                if saved := ckpt.meta(step).get("config"):
-                    return saved
-            except Exception:  # noqa: BLE001, S112 — a damaged checkpoint: try the one before
-                continue
-        return None
-    finally:
-        ckpt.close()
+def _open_run(workdir: Path, config: ml_collections.ConfigDict, state: TrainState):
+    """Claims ``workdir`` for the run of ``config`` (:func:`infalign_jax.harness.workdir.open_run`: the
+    settings record, the resume rule, refusals, the newest intact checkpoint): ``(checkpointer, state)``
+    with the restored state, or ``state`` itself for a new run. A workdir of an older version without the
+    record is checked against its newest checkpoint's config."""
+    run = open_run(
+        workdir,
+        _settings(config),
+        state.checkpoint_items(),
+        rule=resume_rule(config),
+        save_every=config.checkpoint_every,
+        max_to_keep=config.max_to_keep,
+        outputs=RUN_OUTPUTS,
+        finished=FINISHED,
+        older=settings_in_checkpoint("config"),
+        validate=step_mismatch,
+    )
+    return run.checkpointer, with_items(state, run.items) if run.resumed else state
 
 
 def _mesh(config):
@@ -327,7 +271,7 @@ def host_tree(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def optimizer(config: ml_collections.ConfigDict, cfg: StepConfig):
+def optimizer(config: ml_collections.ConfigDict, cfg: StepConfig) -> optax.GradientTransformation:
     """The run's optax optimizer from ``config.optim`` (its schedule in train steps of ``cfg.ppo_epochs``
     updates each)."""
     o = config.optim
@@ -369,33 +313,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None
     step_fn = trainer.phased_step if config.step_mode == "phased" else trainer.train_step
 
     times = []
-    try:
-        with sigterm_flag() as sigterm_requested:
-            while int(state.step) < config.num_steps:
-                step = int(state.step) + 1
-                batch = trainer.shard_batch(problem.batch(int(state.data_pos)))
-                t0 = time.perf_counter()
-                state, metrics = step_fn(state, batch, trainer.step_rng(state))
-                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                m.setdefault("time/step", time.perf_counter() - t0)
-                if m["finite"] != 1.0:
-                    raise NonFiniteError(
-                        f"non-finite reward, loss or gradient at step {step} (raw reward mean "
-                        f"{m['reward/raw_mean']}, loss {m['loss']}); stopped without saving — last "
-                        f"checkpoint: step {ckpt.latest_step()}"
-                    )
-                writer.write(step, m)
-                times.append({k: v for k, v in m.items() if k.startswith("time/")})
-                sigterm = sigterm_requested()  # every process, every step: they must agree
-                if ckpt.should_save(step) or step == config.num_steps or sigterm:
-                    writer.flush()  # the logs of every step the checkpoint covers are on disk first
-                    ckpt.save(state, meta)
-                if sigterm:
-                    ckpt.wait()
-                    raise Preempted(f"SIGTERM: saved checkpoint at step {step}; exiting")
-    finally:
-        writer.close()
-        ckpt.close()
+    with training_loop(ckpt, writer, config.num_steps) as loop:
+        while int(state.step) < config.num_steps:
+            step = int(state.step) + 1
+            batch = trainer.shard_batch(problem.batch(int(state.data_pos)))
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, batch, trainer.step_rng(state))
+            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            m.setdefault("time/step", time.perf_counter() - t0)
+            if m["finite"] != 1.0:
+                raise NonFiniteError(
+                    f"non-finite reward, loss or gradient at step {step} (raw reward mean "
+                    f"{m['reward/raw_mean']}, loss {m['loss']}); stopped without saving — last "
+                    f"checkpoint: step {ckpt.latest_step()}"
+                )
+            writer.write(step, m)
+            times.append({k: v for k, v in m.items() if k.startswith("time/")})
+            loop.end_step(step, state.checkpoint_items(), meta)
     result = None
     written = workdir / "final_eval.json"
     # A finished run rerun keeps what it wrote (its step times included), redoing only a lost export. All

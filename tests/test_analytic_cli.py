@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from infalign_jax.analytic.command import main
 from infalign_jax.analytic.solver import exponential_point, match_kl
 from infalign_jax.cli import UsageError
+from infalign_jax.commands.analytic import main
 
 KLS = [0.25, 0.5, 1.0]
 
@@ -127,7 +127,7 @@ def test_plot_curves_stop_at_the_grid_reach():
     """won:50 reaches KL 0.4 on 256 cells but not the curves' top budget (1.3 × 0.4; its optimal KL grows
     only ~0.023 per factor 10 in β, and β ≥ 1e-10): the figure's curves stop before it instead of failing
     the run; a requested unreachable budget is still an error."""
-    from infalign_jax.analytic.command import analyze
+    from infalign_jax.analytic.comparison import analyze
     from infalign_jax.analytic.plotting import CURVE_POINTS, frontier_figure
 
     report, results = analyze("won:50", [0.4], grid=256, with_curves=True)

@@ -96,17 +96,18 @@ def cli_args(repo_root, values):
 def test_lm_policy_logprobs_match_sampler_and_scores_match_rm(parts, components, tmp_path):
     c = components
     batch = c.prompts.rows(np.arange(3))
-    assert batch["prompt_bt"].shape == (3, 24) and batch["rm_prompt_bp"].shape == (3, 16)
+    assert batch["prompt_bt"].shape == (3, 24) and batch["rm_prompt_bt"].shape == (3, 16)
     rng = jax.random.key_data(jax.random.key(0))
     samples = jax.jit(lambda p, b, r: c.policy.sample(p, b, r, 5))(c.params, batch, rng)
     assert samples["tokens"].shape == (3, 5, 6)
     lp, mask = jax.jit(c.policy.logprobs)(c.params, batch, samples)
     # The sampler's own per-token log-probabilities (KV-cache decode) vs the full-sequence recomputation.
-    from infalign_jax.ctrl.lm import _typed_key, decode_responses
     from infalign_jax.models.transformer import decoder
+    from infalign_jax.reward.adapter import decode_rows
     from infalign_jax.sampling import generate
+    from infalign_jax.seeds import as_typed_key
 
-    key = _typed_key(rng)
+    key = as_typed_key(rng)
     run = lambda params, prompt, mask: generate(
         decoder(c.policy.config, params),
         prompt,
@@ -124,7 +125,7 @@ def test_lm_policy_logprobs_match_sampler_and_scores_match_rm(parts, components,
 
     # Scores: the scorer (host re-tokenization + in-graph reward net) == the reward model on the texts.
     r_ps = np.asarray(jax.jit(c.scorer)(c.env, batch, samples))
-    texts = decode_responses(
+    texts = decode_rows(
         c.tokenizer, np.asarray(samples["tokens"]).reshape(15, 6), np.asarray(mask).reshape(15, 6)
     )
     from infalign_jax.data.hh import load_hh
@@ -223,7 +224,7 @@ def test_missing_artifacts_name_the_command(parts, repo_root, tmp_path):
 
 def test_two_ctrl_steps_end_to_end(parts, table_dir, repo_root, tmp_path):
     from infalign_jax import train
-    from infalign_jax.ctrl.checkpoint import RunCheckpointer
+    from infalign_jax.harness.checkpoint import Checkpointer
     from infalign_jax.models import from_pretrained
 
     wd = tmp_path / "run"  # through the trainer's task registry: config.problem = "hh"
@@ -237,7 +238,7 @@ def test_two_ctrl_steps_end_to_end(parts, table_dir, repo_root, tmp_path):
         assert all(np.isfinite(v) for v in r.values() if isinstance(v, float)), r
         assert 0.0 <= r["u/mean"] <= 1.0 and r["finite"] == 1.0 and r["grad_norm"] > 0
 
-    trained = RunCheckpointer(wd, 0).restore_raw(2)["params"]
+    trained = Checkpointer(wd, 0).restore_raw(2)["params"]
     model, sft_tok = from_pretrained(parts["policy"])
     initial = jax.tree.map(np.asarray, model.params())
     moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), trained, initial)
@@ -266,7 +267,7 @@ def _exit_code(main, args) -> int:
 def test_sample_and_score_on_a_data_mesh_equals_one_device(components):
     """The batch sharded over 2 devices ('data' axis, as the trainer shards it): the same K samples and
     rewards as unsharded (the host re-tokenization callback sees the gathered batch)."""
-    from infalign_jax.ctrl.train_step import batch_sharding
+    from infalign_jax.ctrl.sharding import batch_sharding
     from infalign_jax.mesh import make_mesh
 
     c = components
@@ -290,9 +291,9 @@ def test_scorer_sees_replies_stripped_like_reward_model_training_replies(compone
     mask = np.array([[[True] * len(ids)]])
     got_ids, got_mask = scorer._encode_responses_host(np.array([[ids]], np.int32), mask)
     enc = scorer.rm.encode([""], ["I can help you"], batch=1)
-    n = int(enc.response_mask_br.sum())
+    n = int(enc.response_mask_bl.sum())
     assert int(got_mask.sum()) == n
-    np.testing.assert_array_equal(np.asarray(got_ids)[0, 0, :n], enc.response_br[0, :n])
+    np.testing.assert_array_equal(np.asarray(got_ids)[0, 0, :n], enc.response_bl[0, :n])
 
 
 def test_table_meta_tracks_the_weights_not_just_the_paths(parts, repo_root, tmp_path):

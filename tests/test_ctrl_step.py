@@ -13,8 +13,9 @@ from two_processes import init_worker, run_workers
 
 from infalign_jax.ctrl import bandit
 from infalign_jax.ctrl.objective import LossConfig
-from infalign_jax.ctrl.train_step import CtrlTrainer, StepConfig, make_optimizer
+from infalign_jax.ctrl.train_step import CtrlTrainer, StepConfig
 from infalign_jax.ctrl.transforms import parse_transform
+from infalign_jax.harness.optimizer import make_optimizer
 from infalign_jax.mesh import make_mesh
 
 C, V, S, K = 8, 64, 8, 16

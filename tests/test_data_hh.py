@@ -6,6 +6,7 @@ import json
 import pytest
 
 from infalign_jax.cli import UsageError, run_main
+from infalign_jax.commands import hh_data
 from infalign_jax.data import hh
 from infalign_jax.data.hh import (
     build_hh,
@@ -110,7 +111,7 @@ def test_cli_exit_2_and_failed_build_keeps_previous(tmp_path, capsys):
     _write(src / "harmless-base" / "test.jsonl.gz", [_pair(f"q{i}", "good", "bad") for i in range(30)])
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
-        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(out)])
+        run_main(hh_data.main, ["--manual-dir", str(src), "--data-dir", str(out)])
     assert e.value.code == 0
     before = sorted(r["id"] for s in ("train", "eval") for r in load_hh(s, out))
     assert before == list(range(30))
@@ -120,7 +121,7 @@ def test_cli_exit_2_and_failed_build_keeps_previous(tmp_path, capsys):
     files = lambda: {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
     written = files()
     with pytest.raises(SystemExit) as e:
-        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(out)])
+        run_main(hh_data.main, ["--manual-dir", str(src), "--data-dir", str(out)])
     again = capsys.readouterr().out.splitlines()
     assert e.value.code == 0 and files() == written
     dataset = out / "hh_rlhf" / "1.0.0"
@@ -132,13 +133,13 @@ def test_cli_exit_2_and_failed_build_keeps_previous(tmp_path, capsys):
     _write(src / "harmless-base" / "test.jsonl.gz", [_pair("x", "y", "z"), "not json"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(out)])
+        run_main(hh_data.main, ["--manual-dir", str(src), "--data-dir", str(out)])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "test.jsonl.gz:2: malformed JSON" in err
     assert sorted(r["id"] for s in ("train", "eval") for r in load_hh(s, out)) == before
     with pytest.raises(SystemExit) as e:
-        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(out), "--skip-bad"])
+        run_main(hh_data.main, ["--manual-dir", str(src), "--data-dir", str(out), "--skip-bad"])
     assert e.value.code == 0
     assert "skipped=1" in capsys.readouterr().out
 
@@ -219,7 +220,7 @@ def test_cli_bad_flags_and_unusable_data_dir_are_one_line_exit_2(tmp_path, capsy
     ]:
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
-            run_main(hh.main, ["--manual-dir", str(src), *args])
+            run_main(hh_data.main, ["--manual-dir", str(src), *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert message in err

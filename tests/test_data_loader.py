@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from infalign_jax.cli import UsageError
-from infalign_jax.data.loader import Loader, assistant_spans, prompt_encoder, sft_encoder
-from infalign_jax.tokenizer_train import ROLE_TOKENS, train_bpe
+from infalign_jax.data.encoders import assistant_spans, prompt_encoder, sft_encoder
+from infalign_jax.data.loader import Loader
+from infalign_jax.data.tokenizer import ROLE_TOKENS, train_bpe
 
 N = 23
 SOURCE = [{"id": 100 + i, "n": 1 + (7 * i) % 13} for i in range(N)]

@@ -133,7 +133,7 @@ def test_build_summary_by_hand():
 STAGES = (
     ["data", "sft", "rm_policy", "rm_minilm", "table", "plan"]
     + [f"ctrl/{m}_b{i}" for m in ("raw", "identity", "ctrl_won", "ctrl_bon") for i in (0, 1)]
-    + ["eval", "results"]
+    + ["eval", "results", "diagnose"]
 )
 COMPARISON_KEYS = {"procedure", "judge", "kl", "method", "baseline", "diff", "ci95"}
 
@@ -191,9 +191,39 @@ def test_toy_summary_schema(toy):
         ("identity", "raw"), ("ctrl_won", "raw"), ("ctrl_won", "identity"), ("ctrl_bon", "raw"),
         ("ctrl_bon", "identity"),
     } and not compared & skipped  # fmt: skip
-    assert list(s["stage_seconds"]) == STAGES[:-1] and all(v > 0 for v in s["stage_seconds"].values())
+    assert list(s["stage_seconds"]) == STAGES[:-2] and all(v > 0 for v in s["stage_seconds"].values())
     assert (toy / "results" / "frontier.png").stat().st_size > 0
     assert "not a result" in (toy / "results" / "results.md").read_text()
+
+
+def test_toy_diagnostics(toy):
+    """diagnostics.json: every policy measured and (calibrated methods) set against the theory of its tilt;
+    the measured standard win rate equals the mean calibrated reward recomputed from the evaluation cache."""
+    from infalign_jax.evaluate.command import cached_arrays
+    from infalign_jax.experiments.diagnostics import calibrated
+
+    d = json.loads((toy / "results" / "diagnostics.json").read_text())
+    report = json.loads((toy / "eval" / "eval.json").read_text())
+    names = [p["name"] for p in report["policies"]]
+    assert [r["policy"] for r in d["policies"]] == names and set(d["training"]) == set(names)
+    num_chunks = len(list((toy / "eval" / "cache" / "reference").glob("chunk-*.npz")))
+    rewards, _ = cached_arrays(toy / "eval", ["reference", *names], ["train_rm", "minilm"], num_chunks)
+    for r in d["policies"]:
+        for j in ("train_rm", "minilm"):
+            u = calibrated(rewards[r["policy"]][j], rewards["reference"][j])
+            assert r["measured"][j]["standard"] == pytest.approx(u.mean(), abs=1e-12)
+            assert 0.0 <= r["measured"][j]["tail"] <= 1.0
+        assert ("theory_at_kl" in r) == (r["method"] != "raw")
+        if r["method"] != "raw":
+            assert 0.0 < r["theory_at_kl"]["won:4"] < 1.0 and 0.0 <= r["theory_at_kl"]["tail"] <= 1.0
+    assert {(p["method"], p["baseline"]) for p in d["power"]} <= {
+        ("ctrl_won", "identity"),
+        ("ctrl_won", "raw"),
+    }
+    for p in d["power"]:
+        half = 1.959963984540054 * p["sd_per_prompt"] / np.sqrt(d["eval_prompts"])
+        assert p["ci95_half_width_now"] == pytest.approx(half, rel=1e-12)
+    assert "## The estimator" in (toy / "results" / "diagnostics.md").read_text()
 
 
 def test_toy_plan_betas(toy):

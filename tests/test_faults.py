@@ -51,8 +51,8 @@ def _main(name: str):
         "calibrate": "infalign_jax.calibrate",
         "sample": "infalign_jax.sample",
         "main": "infalign_jax.main",
-        "analytic": "infalign_jax.analytic.command",
-        "data.hh": "infalign_jax.data.hh",
+        "analytic": "infalign_jax.commands.analytic",
+        "data.hh": "infalign_jax.commands.hh_data",
         "tokenizer_train": "infalign_jax.tokenizer_train",
     }[name]
     return importlib.import_module(module).main
@@ -413,8 +413,8 @@ def test_sft_nan_loss_stops_before_any_checkpoint_export_or_json(hh_dir, tmp_pat
     with exit 1 and one error line before any NaN is logged, checkpointed, exported or written to eval.json
     (it used to train on, save NaN checkpoints, export NaN weights and write ``"eval_loss": NaN``)."""
     from infalign_jax.data.hh import build_hh
+    from infalign_jax.data.tokenizer import train_hh_tokenizer
     from infalign_jax.sft import main as sft_main
-    from infalign_jax.tokenizer_train import train_hh_tokenizer
 
     build_hh(hh_dir, tmp_path / "data")
     train_hh_tokenizer(tmp_path / "data", tmp_path / "tok", vocab_size=320)

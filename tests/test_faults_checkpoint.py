@@ -16,7 +16,7 @@ import pytest
 
 from infalign_jax import run_settings
 from infalign_jax.cli import run_main
-from infalign_jax.ctrl.checkpoint import DAMAGED_DIR, DIGESTS
+from infalign_jax.harness.checkpoint import DAMAGED_DIR, DIGESTS
 from infalign_jax.train import main as train_main
 
 TINY = (

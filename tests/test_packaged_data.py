@@ -15,6 +15,7 @@ import pytest
 
 import infalign_jax
 from infalign_jax.cli import UsageError, run_main
+from infalign_jax.commands import hh_data
 from infalign_jax.data import hh
 from infalign_jax.data.hh import PACKAGED_HH_DIR, build_hh, load_hh, resolve_manual_dir
 
@@ -78,7 +79,7 @@ def test_damaged_file_is_one_usage_error_and_nothing_is_written(tmp_path, capsys
         build_hh(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit) as e:
-        run_main(hh.main, ["--manual-dir", str(src), "--data-dir", str(tmp_path / "out")])
+        run_main(hh_data.main, ["--manual-dir", str(src), "--data-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert UPSTREAM_SHA256 in err

@@ -19,7 +19,7 @@ from infalign_jax.reward.bradley_terry import (
     pairwise_correct,
     select_l2_by_cv,
 )
-from infalign_jax.reward.model import ScalarHead
+from infalign_jax.reward.nets import ScalarHead
 
 
 def test_bt_loss_and_gradient_hand_computed():

@@ -11,15 +11,11 @@ import pytest
 from flax import nnx
 
 from infalign_jax.cli import UsageError
-from infalign_jax.reward.model import (
-    DecoderRewardNet,
-    RewardModel,
-    RewardSpec,
-    build_reward_model,
-    load_reward_model,
-    make_reward_fn,
-    save_reward_model,
-)
+from infalign_jax.reward.adapter import make_reward_fn
+from infalign_jax.reward.nets import DecoderRewardNet
+from infalign_jax.reward.scoring import RewardModel, build_reward_model
+from infalign_jax.reward.spec import RewardSpec
+from infalign_jax.reward.storage import load_reward_model, save_reward_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from two_processes import init_worker, run_workers  # noqa: E402
@@ -87,12 +83,12 @@ def test_score_texts_shape_determinism_and_padding_invariance(rm):
 def test_score_compiles_once_per_bucket(rm):
     a = rm.encode(PROMPTS, RESPONSES, batch=8)
     b = rm.encode(PROMPTS[::-1], ["Sure.", "Absolutely not, that is illegal.", "Bonjour."], batch=8)
-    assert a.prompt_bp.shape == b.prompt_bp.shape and a.response_br.shape == b.response_br.shape
-    assert a.prompt_bp.dtype == np.int32
+    assert a.prompt_bt.shape == b.prompt_bt.shape and a.response_bl.shape == b.response_bl.shape
+    assert a.prompt_bt.dtype == np.int32
     before = rm.trace_count
-    ra = rm.score(a.prompt_bp, a.prompt_mask_bp, a.response_br, a.response_mask_br)
+    ra = rm.score(a.prompt_bt, a.prompt_mask_bt, a.response_bl, a.response_mask_bl)
     after_first = rm.trace_count
-    rb = rm.score(b.prompt_bp, b.prompt_mask_bp, b.response_br, b.response_mask_br)
+    rb = rm.score(b.prompt_bt, b.prompt_mask_bt, b.response_bl, b.response_mask_bl)
     assert rm.trace_count == after_first <= before + 1
     assert ra.shape == rb.shape == (8,)
     assert not np.allclose(np.asarray(ra)[:3], np.asarray(rb)[:3])
@@ -102,10 +98,10 @@ def test_prompt_truncated_from_left_response_from_right(rm):
     spec = rm.spec
     long_prompt = "\n\nHuman: " + "blah " * 300 + "final question?\n\nAssistant:"
     enc = rm.encode([long_prompt], ["word " * 300])
-    assert enc.prompt_mask_bp.sum() == spec.max_prompt_tokens
-    assert enc.response_mask_br.sum() == spec.max_response_tokens
+    assert enc.prompt_mask_bt.sum() == spec.max_prompt_tokens
+    assert enc.response_mask_bl.sum() == spec.max_response_tokens
     last = rm.tokenizer.encode("final question?\n\nAssistant:", add_special_tokens=False).ids
-    assert enc.prompt_bp[0, -len(last) :].tolist() == last
+    assert enc.prompt_bt[0, -len(last) :].tolist() == last
 
 
 def test_make_reward_fn_decodes_policy_tokens(rm):
@@ -189,7 +185,7 @@ def test_decoder_backbone_tiny_random(tmp_path):
     # Head-only training: the backbone gets no gradient, the head does.
     enc = rm.encode(PROMPTS, RESPONSES)
     batch = [
-        jnp.asarray(a) for a in (enc.prompt_bp, enc.prompt_mask_bp, enc.response_br, enc.response_mask_br)
+        jnp.asarray(a) for a in (enc.prompt_bt, enc.prompt_mask_bt, enc.response_bl, enc.response_mask_bl)
     ]
     grads = nnx.grad(lambda m: m(*batch).sum())(net)
     assert float(jnp.abs(grads["decoder"]["embed"][...]).max()) == 0.0
@@ -201,11 +197,12 @@ def test_decoder_backbone_tiny_random(tmp_path):
     enc = short.encode([PROMPTS[1]], RESPONSES[1:2])
     prompt_ids = tok.encode(PROMPTS[1], add_special_tokens=False)
     assert len(prompt_ids) > 8
-    assert enc.prompt_bp[0][enc.prompt_mask_bp[0] == 1].tolist() == [tok.bos_token_id, *prompt_ids[-7:]]
+    assert enc.prompt_bt[0][enc.prompt_mask_bt[0] == 1].tolist() == [tok.bos_token_id, *prompt_ids[-7:]]
 
 
 def test_trained_filter_selects_top_layers_and_head(rm):
-    from infalign_jax.reward.model import saved_filter, trained_filter
+    from infalign_jax.reward.nets import trained_filter
+    from infalign_jax.reward.storage import saved_filter
 
     def selected(spec):
         flat = nnx.to_flat_state(nnx.state(rm.net, trained_filter(spec)))

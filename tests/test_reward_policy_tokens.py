@@ -63,7 +63,7 @@ def test_spec_json_and_validation(setup):
 def test_encode_uses_the_policy_layout(setup):
     """Prompt = the policy's prompt encoder; reply = ' ' + reply + <eos>, i.e. [prompt | reply] is exactly
     the SFT sequence of the dialogue; a reply over the budget keeps its first tokens and loses <eos>."""
-    from infalign_jax.data.loader import prompt_encoder, sft_encoder
+    from infalign_jax.data.encoders import prompt_encoder, sft_encoder
 
     rm = load_reward_model(setup["root"] / "rm")
     tok = rm.tokenizer
@@ -71,17 +71,17 @@ def test_encode_uses_the_policy_layout(setup):
     assert (bos, eos) == (tok.bos_token_id, tok.eos_token_id)
     rec = {"prompt": "\n\nHuman: Hi there\n\nAssistant:", "chosen": "Sure, I can.", "id": 7}
     enc = rm.encode([rec["prompt"]], [rec["chosen"]])
-    p = enc.prompt_bp[0][enc.prompt_mask_bp[0] == 1].tolist()
-    r = enc.response_br[0][enc.response_mask_br[0] == 1].tolist()
+    p = enc.prompt_bt[0][enc.prompt_mask_bt[0] == 1].tolist()
+    r = enc.response_bl[0][enc.response_mask_bl[0] == 1].tolist()
     assert p == prompt_encoder(tok, 24, bos_id=bos)(rec)["prompt_tokens"].tolist()
     sft = sft_encoder(tok, max_len=64, max_prompt_len=24, bos_id=bos, eos_id=eos)(rec)["tokens"].tolist()
     assert p + r == sft and r[-1] == eos
     long = rm.encode([rec["prompt"]], ["word " * 40])
-    r_long = long.response_br[0][long.response_mask_br[0] == 1].tolist()
+    r_long = long.response_bl[0][long.response_mask_bl[0] == 1].tolist()
     assert len(r_long) == 12 and eos not in r_long
     # The prompt keeps <bos> + its LAST 23 tokens (left truncation, as the policy's prompts).
     long_p = rm.encode(["\n\nHuman: " + "blah " * 60 + "\n\nAssistant:"], ["x"])
-    lp = long_p.prompt_bp[0][long_p.prompt_mask_bp[0] == 1].tolist()
+    lp = long_p.prompt_bt[0][long_p.prompt_mask_bt[0] == 1].tolist()
     assert len(lp) == 24 and lp[0] == bos and tok.decode(lp[1:]).endswith("Assistant:")
 
 
@@ -117,9 +117,9 @@ def test_in_step_scorer_equals_reward_model(setup, repo_root, tmp_path):
     enc = rm.encode([p for p in prompts for _ in range(2)], [y for ys in replies for y in ys], batch=8)
     tok = np.full((8, 16), 5, np.int32)
     mask = np.zeros((8, 16), bool)
-    w = enc.response_br.shape[1]
-    tok[:, :w] = np.where(enc.response_mask_br == 1, enc.response_br, 5)
-    mask[:, :w] = enc.response_mask_br == 1
+    w = enc.response_bl.shape[1]
+    tok[:, :w] = np.where(enc.response_mask_bl == 1, enc.response_bl, 5)
+    mask[:, :w] = enc.response_mask_bl == 1
     samples = {"tokens": jnp.asarray(tok.reshape(4, 2, 16)), "mask": jnp.asarray(mask.reshape(4, 2, 16))}
     got = np.asarray(jax.jit(c.scorer)(c.env, batch, samples))
     want = rm.score_texts([p for p in prompts for _ in range(2)], [y for ys in replies for y in ys])
@@ -135,8 +135,8 @@ def test_in_step_scorer_equals_reward_model(setup, repo_root, tmp_path):
     rows = np.repeat(np.arange(4), 3)
     pad = lambda x: np.pad(x, ((0, 0), (0, 10)))
     direct = rm.score(
-        np.pad(batch["rm_prompt_bp"][rows], ((0, 0), (8, 0))),
-        np.pad(batch["rm_prompt_mask_bp"][rows], ((0, 0), (8, 0))),
+        np.pad(batch["rm_prompt_bt"][rows], ((0, 0), (8, 0))),
+        np.pad(batch["rm_prompt_mask_bt"][rows], ((0, 0), (8, 0))),
         pad(toks),
         pad(masks.astype(np.int32)),
     )

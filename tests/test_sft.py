@@ -19,9 +19,9 @@ from two_processes import run_workers
 from infalign_jax.cli import UsageError, run_main
 from infalign_jax.cli import load_config_file as load_config
 from infalign_jax.data.hh import build_hh
+from infalign_jax.data.tokenizer import load_tokenizer, train_hh_tokenizer
 from infalign_jax.models import from_pretrained
 from infalign_jax.sft import load_checkpoint, main, masked_lm_loss, train
-from infalign_jax.tokenizer_train import load_tokenizer, train_hh_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,8 @@ def test_metrics_resume_with_checkpoints_between_log_rows_and_num_steps_under_de
     train(tiny(prepared, num_steps=2, checkpoint_every=1, end_lr_fraction=0.1), str(wd))
     shutil.rmtree(wd / "export")  # unfinished: a rerun resumes it
     before = snapshot(wd)
-    with pytest.raises(UsageError, match=r"num_steps: 2 -> 4, with the learning rate decaying over it"):
+    decaying = r"num_steps 2, with the learning rate decaying over it \(end_lr_fraction 0.1\), so resuming it"
+    with pytest.raises(UsageError, match=rf"{decaying} with num_steps 4"):
         train(tiny(prepared, num_steps=4, checkpoint_every=1, end_lr_fraction=0.1), str(wd))
     assert snapshot(wd) == before
 
@@ -190,6 +191,37 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(prepared, tmp_path, repo_root)
     last = metrics_rows(wd)[-1]["step"]
     assert f"SIGTERM: saved checkpoint at step {last}; exiting" in err
     assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [last]
+
+
+def test_damaged_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(prepared, tmp_path, capsys):
+    """SFT's checkpoints are the harness's (digests recorded at save time): a flipped byte in the newest one
+    is found, that checkpoint is moved to checkpoints.damaged/ with one warning line, and the run resumes from
+    the one before — giving the parameters and metrics of the uninterrupted run."""
+    wd = tmp_path / "run"
+    train(tiny(prepared), str(wd))  # checkpoints 3 and 6
+    assert (wd / "checkpoints" / "6" / "digests.json").is_file()
+    rows, params = metrics_rows(wd), load_file(wd / "export" / "model.safetensors")
+    shutil.rmtree(wd / "export")
+    (wd / "eval.json").unlink()
+    target = sorted((wd / "checkpoints" / "6" / "train").glob("ocdbt.process_0/d/*"))[0]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert train(tiny(prepared), str(wd))["steps"] == 6
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    rel = target.relative_to(wd / "checkpoints" / "6").as_posix()
+    assert warnings == [
+        f"warning: checkpoint 6 is damaged ({rel} differs from the file saved (SHA-256 mismatch)); resuming "
+        f"from step 3 (damaged checkpoints moved to {(wd / 'checkpoints.damaged').absolute()})"
+    ]
+    assert (wd / "checkpoints.damaged" / "6").is_dir()  # kept for inspection; step 6 is saved anew
+    assert (wd / "checkpoints" / "6" / "digests.json").is_file()
+    assert metrics_rows(wd) == rows
+    again = load_file(wd / "export" / "model.safetensors")
+    assert again.keys() == params.keys()
+    for k in params:
+        np.testing.assert_array_equal(again[k], params[k], err_msg=k)
 
 
 @pytest.mark.parametrize(
@@ -241,7 +273,8 @@ def test_resume_with_other_model_or_vocab_is_refused_and_touches_nothing(prepare
     saved = json.loads((wd / "run_config.json").read_text())
     assert saved["model"]["hidden_size"] == 32 and saved["num_steps"] == 2
     before = snapshot(wd)
-    with pytest.raises(UsageError, match=r"run_config.json: model.hidden_size: 32 -> 64\); pass --overwrite"):
+    refused = r"\); resuming it would mix them — pass --overwrite"
+    with pytest.raises(UsageError, match=rf"other settings \(model.hidden_size: 32 -> 64{refused}"):
         train(_wider(prepared), str(wd))
     assert snapshot(wd) == before
     # A workdir without run_config.json (written before it existed): the checkpoint's shapes are compared.
@@ -261,7 +294,7 @@ def test_resume_with_other_model_or_vocab_is_refused_and_touches_nothing(prepare
     before = snapshot(wd)
     changes = (({"seed": 4}, "seed: 3 -> 4"), ({"learning_rate": 0.5}, "learning_rate: 0.01 -> 0.5"))
     for change, shown in changes:
-        with pytest.raises(UsageError, match=rf"run_config.json: {shown}\); pass --overwrite"):
+        with pytest.raises(UsageError, match=rf"other settings \({shown}{refused}"):
             train(tiny(prepared, num_steps=4, checkpoint_every=1, **change), str(wd))
     assert snapshot(wd) == before
 
@@ -309,7 +342,7 @@ def test_overwrite_starts_from_scratch_with_a_new_tokenizer(prepared, tmp_path):
     assert len(load_tokenizer(wd / "tokenizer")) == 300
     shutil.rmtree(wd / "export")
     before = snapshot(wd)
-    with pytest.raises(UsageError, match="run_config.json: vocab_size: 300 -> 280"):  # resuming keeps it
+    with pytest.raises(UsageError, match=r"other settings \(vocab_size: 300 -> 280\)"):  # resuming keeps it
         train(tiny(prepared, vocab_size=280, **own_tokenizer), str(wd))
     assert snapshot(wd) == before
     res = train(tiny(prepared, vocab_size=280, **{**own_tokenizer, "num_steps": 1}), str(wd), overwrite=True)

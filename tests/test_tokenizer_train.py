@@ -5,7 +5,8 @@ import pytest
 
 from infalign_jax.cli import UsageError, run_main
 from infalign_jax.data.hh import build_hh, load_hh
-from infalign_jax.tokenizer_train import BOS_ID, EOS_ID, PAD_ID, ROLE_TOKENS, load_tokenizer, main, train_bpe
+from infalign_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, ROLE_TOKENS, load_tokenizer, train_bpe
+from infalign_jax.tokenizer_train import main
 
 
 @pytest.fixture(scope="module")

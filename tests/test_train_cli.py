@@ -12,7 +12,7 @@ import pytest
 from cli_signals import rows, signal_when, wait_for
 
 from infalign_jax.cli import UsageError, load_config_file
-from infalign_jax.ctrl.checkpoint import RunCheckpointer
+from infalign_jax.harness.checkpoint import Checkpointer
 from infalign_jax.train import NonFiniteError, step_config, train
 
 TINY = {
@@ -54,7 +54,7 @@ def cli(repo_root, workdir, **extra):
 
 
 def final_logits(workdir, step):
-    return np.asarray(RunCheckpointer(workdir, 0).restore_raw(step)["params"]["logits"])
+    return np.asarray(Checkpointer(workdir, 0).restore_raw(step)["params"]["logits"])
 
 
 @pytest.mark.parametrize(
@@ -190,11 +190,11 @@ def test_auto_t_picks_solver_exponential(repo_root):
 def test_nan_reward_stops_without_checkpoint(repo_root, tmp_path):
     constant = {"optim.schedule": "constant"}  # a run that may be extended
     train(tiny_config(repo_root, num_steps=10, checkpoint_every=5, **constant), tmp_path)
-    assert RunCheckpointer(tmp_path, 0).latest_step() == 10
+    assert Checkpointer(tmp_path, 0).latest_step() == 10
     nan = {"bandit.nan_response": 0, **constant}
     with pytest.raises(NonFiniteError, match="non-finite reward.*step 11.*last checkpoint: step 10"):
         train(tiny_config(repo_root, num_steps=20, checkpoint_every=1, **nan), tmp_path)
-    assert RunCheckpointer(tmp_path, 0).latest_step() == 10
+    assert Checkpointer(tmp_path, 0).latest_step() == 10
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 10
 

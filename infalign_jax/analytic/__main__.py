@@ -1,7 +1,6 @@
-"""Entry point: ``python -m infalign_jax.analytic`` (see :mod:`infalign_jax.analytic.command`)."""
-
-from infalign_jax.analytic.command import main
-from infalign_jax.cli import run_main
+"""Entry point: ``python -m infalign_jax.analytic`` (the shell is :mod:`infalign_jax.commands.analytic`)."""
 
 if __name__ == "__main__":
-    run_main(main)
+    from infalign_jax.commands.analytic import run
+
+    run()

@@ -32,7 +32,7 @@ import numpy as np
 from infalign_jax import config_checks
 from infalign_jax.analytic.objectives import inference_win_rate, kl_to_reference, tilt, uniform_grid
 from infalign_jax.analytic.procedures import parse_procedure
-from infalign_jax.ctrl.train_step import CtrlProblem
+from infalign_jax.ctrl.problem import CtrlProblem
 from infalign_jax.errors import UsageError
 
 EVAL_PROCEDURES = {"bon:4": "bon:4", "won:4": "won:4", "standard": "identity"}

@@ -32,8 +32,8 @@ from infalign_jax.ctrl.lm import (
     encode_prompts,
     reference_rewards,
 )
+from infalign_jax.ctrl.problem import CtrlProblem
 from infalign_jax.ctrl.token_scorer import make_scorer
-from infalign_jax.ctrl.train_step import CtrlProblem
 from infalign_jax.errors import UsageError
 
 SFT_COMMAND = "python -m infalign_jax.sft --config configs/sft_hh_tiny.py"
@@ -76,8 +76,8 @@ def require_artifacts(config) -> tuple[Path, Path]:
 def load_components(config) -> HHComponents:
     """Loads the SFT policy, the reward model and the prompt set named by ``config.hh`` (clear errors if the
     SFT export or the reward model do not exist yet, naming the command that makes them)."""
+    from infalign_jax.data.encoders import prompt_encoder
     from infalign_jax.data.hh import build_or_load
-    from infalign_jax.data.loader import prompt_encoder
     from infalign_jax.models import from_pretrained
     from infalign_jax.reward import load_reward_model
 

@@ -1,6 +1,7 @@
 """Language-model policy and reward-model scorer for the CTRL trainer (paper Sec. 4, Alg. 1; Sec. 5 setup).
 
-Adapts the real components to :class:`~infalign_jax.ctrl.train_step.CtrlTrainer`'s protocols:
+Adapts the real components to :class:`~infalign_jax.ctrl.train_step.CtrlTrainer`'s protocols
+(:mod:`~infalign_jax.ctrl.problem`):
 
 - :class:`LMPolicy` (``Policy``): ``sample`` draws S responses per prompt with the vmapped KV-cache sampler
   (:func:`infalign_jax.sampling.generate`, pure sampling at temperature 1 so the samples come from π itself),
@@ -22,7 +23,7 @@ same scorer), so the table and the train step compute rewards identically.
 
 Batch layout (host numpy, leading axis P = prompts; every leaf is sharded over the mesh's 'data' axis):
 ``prompt_bt``/``prompt_mask_bt`` int32 [P, T] (left-padded policy tokens),
-``rm_prompt_bp``/``rm_prompt_mask_bp`` int32 [P, W] (left-padded reward-model tokens), ``ref_rewards_pk``
+``rm_prompt_bt``/``rm_prompt_mask_bt`` int32 [P, W] (left-padded reward-model tokens), ``ref_rewards_pk``
 float32 [P, K] (offline mode only).
 Samples: ``{"tokens": int32 [P, S, L], "mask": bool [P, S, L]}`` (mask: generated tokens up to and incl. EOS).
 """
@@ -38,18 +39,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from infalign_jax import padding
 from infalign_jax.errors import UsageError
 from infalign_jax.models import transformer as tfm
 from infalign_jax.models.config import ModelConfig
-from infalign_jax.reward.model import RewardModel, bucket_size
+from infalign_jax.models.sharding import params_specs
+from infalign_jax.reward.adapter import decode_rows
+from infalign_jax.reward.scoring import RewardModel
 from infalign_jax.sampling import SamplingConfig, generate, pad_prompts
+from infalign_jax.seeds import as_typed_key
 
 PyTree = Any
-
-
-def _typed_key(rng: jax.Array) -> jax.Array:
-    """The trainer passes raw uint32 [2] key data; the sampler wants a typed key."""
-    return rng if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(rng)
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,11 +80,16 @@ class LMPolicy:
             # The policy gradient needs samples from π itself: no temperature, truncation or EOS suppression.
             raise UsageError(f"CTRL samples from the policy itself: need SamplingConfig() defaults, got {s}")
 
+    def param_specs(self) -> dict:
+        """The ``PartitionSpec`` of every entry of ``params``: the model's sharding annotations
+        (:func:`~infalign_jax.models.sharding.params_specs`), which the trainer places params by."""
+        return params_specs(self.config)
+
     def sample(self, params, batch, rng, num_samples: int) -> dict:
         """S = ``num_samples`` responses per prompt: tokens int32 [P, S, L], mask bool [P, S, L].
 
         Prompt p uses key ``fold_in(rng, p)`` (sample j: ``fold_in(., j)`` inside the sampler)."""
-        key = _typed_key(rng)
+        key = as_typed_key(rng)  # the trainer passes raw uint32 [2] key data
         p = batch["prompt_bt"].shape[0]
         keys_p = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(p))
         out = generate(
@@ -124,17 +129,6 @@ class LMPolicy:
         return jnp.where(mask_psl, lp_psl, 0.0), mask_psl
 
 
-def decode_responses(tokenizer, tokens_nl, mask_nl) -> list[str]:
-    """Policy response tokens -> text (the real tokens of each row, special tokens such as EOS dropped). The
-    policy learned replies as ``prompt + " " + reply``, so the text usually starts with a space;
-    :meth:`~infalign_jax.reward.RewardModel.encode` strips it, as the training replies are."""
-    tokens_nl, mask_nl = np.asarray(tokens_nl), np.asarray(mask_nl).astype(bool)
-    return [
-        tokenizer.decode(r[m].tolist(), skip_special_tokens=True)
-        for r, m in zip(tokens_nl, mask_nl, strict=True)
-    ]
-
-
 class RewardScorer:
     """CTRL scorer over a :class:`~infalign_jax.reward.RewardModel`; ``env`` = :meth:`env` (the RM state).
 
@@ -145,8 +139,10 @@ class RewardScorer:
     def __init__(self, rm: RewardModel, policy_tokenizer):
         self.rm = rm
         self.policy_tokenizer = policy_tokenizer
-        self.prompt_width = bucket_size(rm.spec.max_prompt_tokens, rm.spec.length_buckets)
-        self.response_width = bucket_size(rm.spec.max_response_tokens, rm.spec.length_buckets)
+        # the widths RewardModel.encode pads its (truncated) tokens to at most: same buckets, same rule
+        width = lambda n: padding.bucket_size(n, rm.spec.length_buckets, overflow="multiple")
+        self.prompt_width = width(rm.spec.max_prompt_tokens)
+        self.response_width = width(rm.spec.max_response_tokens)
 
     def env(self) -> PyTree:
         """The frozen reward-model state (host arrays) the trainer places on the mesh."""
@@ -155,18 +151,20 @@ class RewardScorer:
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Prompt texts -> RM tokens LEFT-padded to the fixed width: (ids, mask), int32 [P, W] each."""
         enc = self.rm.encode(list(prompts), [""] * len(prompts), batch=len(prompts))
-        return _pad_to(enc.prompt_bp, self.prompt_width, left=True), _pad_to(
-            enc.prompt_mask_bp, self.prompt_width, left=True
+        return _widen(enc.prompt_bt, self.prompt_width, "left"), _widen(
+            enc.prompt_mask_bt, self.prompt_width, "left"
         )
 
     def _encode_responses_host(self, tokens_psl, mask_psl):
         p, s, length = tokens_psl.shape
-        texts = decode_responses(
+        # Policy replies were learned as ``prompt + " " + reply``, so the texts usually start with a space;
+        # RewardModel.encode strips it, as the training replies are.
+        texts = decode_rows(
             self.policy_tokenizer, tokens_psl.reshape(p * s, length), mask_psl.reshape(p * s, length)
         )
         enc = self.rm.encode([""] * len(texts), texts, batch=len(texts))
-        ids = _pad_to(enc.response_br, self.response_width, left=False)
-        mask = _pad_to(enc.response_mask_br, self.response_width, left=False)
+        ids = _widen(enc.response_bl, self.response_width, "right")
+        mask = _widen(enc.response_mask_bl, self.response_width, "right")
         return ids.reshape(p, s, -1), mask.reshape(p, s, -1)
 
     def rm_responses(self, samples) -> tuple[jax.Array, jax.Array]:
@@ -180,24 +178,21 @@ class RewardScorer:
     def __call__(self, env, batch, samples) -> jax.Array:
         resp_psr, rmask_psr = self.rm_responses(samples)
         p, s, r = resp_psr.shape
-        w = batch["rm_prompt_bp"].shape[1]
+        w = batch["rm_prompt_bt"].shape[1]
         rep = lambda x: jnp.broadcast_to(x[:, None], (p, s, w)).reshape(p * s, w)
         net = nnx.merge(self.rm.graphdef, env)
         rewards = net(
-            rep(batch["rm_prompt_bp"]),
-            rep(batch["rm_prompt_mask_bp"]),
+            rep(batch["rm_prompt_bt"]),
+            rep(batch["rm_prompt_mask_bt"]),
             resp_psr.reshape(p * s, r),
             rmask_psr.reshape(p * s, r),
         )
         return rewards.reshape(p, s).astype(jnp.float32)
 
 
-def _pad_to(x: np.ndarray, width: int, left: bool) -> np.ndarray:
-    x = np.asarray(x, np.int32)
-    extra = width - x.shape[1]
-    if extra < 0:
-        raise ValueError(f"reward-model tokens of width {x.shape[1]} exceed the fixed width {width}")
-    return np.pad(x, ((0, 0), (extra, 0) if left else (0, extra)))
+def _widen(x: np.ndarray, width: int, side: str) -> np.ndarray:
+    """RM tokens (int32) padded on ``side`` to the scorer's fixed width."""
+    return padding.widen(x, width, side=side, what="reward-model tokens", dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -219,8 +214,8 @@ class EncodedPrompts:
         return {
             "prompt_bt": self.prompt_nt[idx],
             "prompt_mask_bt": self.prompt_mask_nt[idx],
-            "rm_prompt_bp": self.rm_prompt_nw[idx],
-            "rm_prompt_mask_bp": self.rm_prompt_mask_nw[idx],
+            "rm_prompt_bt": self.rm_prompt_nw[idx],
+            "rm_prompt_mask_bt": self.rm_prompt_mask_nw[idx],
         }
 
 

@@ -10,7 +10,7 @@ token arrays,
     ``r_ps = net(prompt_p ⊗ 1_S, response_psl[..., :R])``, R = the RM's ``max_response_tokens``,
 
 where the RM prompt tokens ``[P, W]`` are made once on the host from the prompt text
-(``batch["rm_prompt_bp"]``, exactly as for the MiniLM scorer, so the RM keeps its own prompt budget). Against
+(``batch["rm_prompt_bt"]``, exactly as for the MiniLM scorer, so the RM keeps its own prompt budget). Against
 :class:`~infalign_jax.ctrl.lm.RewardScorer` this removes the decode / re-tokenize ``pure_callback`` (~43 % of
 an HH step with the MiniLM model, docs/ctrl_hh.md) and the single-device gather that callback forces on a
 multi-device mesh. Equal to :meth:`~infalign_jax.reward.RewardModel.score_texts` on the decoded texts when
@@ -25,7 +25,7 @@ from flax import nnx
 
 from infalign_jax.ctrl.lm import RewardScorer
 from infalign_jax.errors import UsageError
-from infalign_jax.reward.model import RewardModel
+from infalign_jax.reward.scoring import RewardModel
 
 SCORERS = ("callback", "in_step")
 RM_POLICY_COMMAND = "python -m infalign_jax.train_rm --config configs/rm_hh_policy.py"
@@ -86,8 +86,8 @@ class TokenRewardScorer(RewardScorer):
         return score_policy_tokens(
             self.rm.graphdef,
             env,
-            batch["rm_prompt_bp"],
-            batch["rm_prompt_mask_bp"],
+            batch["rm_prompt_bt"],
+            batch["rm_prompt_mask_bt"],
             samples["tokens"],
             samples["mask"],
             self.rm.spec.max_response_tokens,

@@ -1,56 +1,43 @@
 """One CTRL train step (paper Sec. 4, Alg. 1): sample → score → calibrate & transform → KL-regularized PG
 update.
 
-The step is generic over the policy and the reward: a *policy* is any object with
-
-    policy.sample(params, batch, rng, num_samples) -> samples          # pytree, leaves [P, S, ...]
-    policy.logprobs(params, batch, samples) -> (logp_pst, mask_pst)    # per response token, [P, S, L] each
-
-(a tabular bandit policy has L = 1; a transformer policy gives the log-probabilities of the response tokens
-given the prompt, with a response mask) and a *scorer* is ``scorer(env, batch, samples) -> rewards_ps`` where
-``env`` is a frozen pytree (reward-model parameters, a bandit's reward table). Reference rewards come either
+The step is generic over the policy and the reward (the protocols: :mod:`~infalign_jax.ctrl.problem`; a
+policy samples [P, S, ...] responses and gives their per-token log-probabilities [P, S, L], a scorer maps
+``(env, batch, samples)`` to rewards [P, S], ``env`` a frozen pytree). Reference rewards come either
 from the batch (``reference="offline"``: ``batch["ref_rewards_pk"]`` from a :mod:`~infalign_jax.ctrl.table`)
 or are drawn inside the step (``reference="online"``: K samples of π_ref = ``policy.sample(ref_params, ...)``,
 scored by the scorer).
 
 Four phases, each a pure function: :func:`phase_sample`, :func:`phase_score`, :func:`phase_calibrate`,
 :func:`phase_update`. :meth:`CtrlTrainer.train_step` is their composition under one ``jax.jit`` (donated
-state, NamedSharding: batch on 'data', parameters on 'fsdp'); :meth:`CtrlTrainer.phased_step` runs the same
-phases as separate jitted programs and times each (sampling / scoring / calibration / update) — same numbers,
-more dispatches.
+state, NamedSharding: batch on 'data', parameters on 'fsdp' by the one policy
+:func:`~infalign_jax.models.sharding.param_shardings`, see :mod:`~infalign_jax.ctrl.sharding`);
+:meth:`CtrlTrainer.phased_step` runs the same phases as separate jitted programs and times each (sampling /
+scoring / calibration / update) — same numbers, more dispatches. The optimizer is
+:func:`infalign_jax.harness.optimizer.make_optimizer`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from infalign_jax.ctrl.calibration import METHODS, calibrate, sort_reference
 from infalign_jax.ctrl.objective import LossConfig, pg_loss, rloo_advantages, sequence_rewards
+from infalign_jax.ctrl.problem import Policy, PyTree, Scorer
+from infalign_jax.ctrl.sharding import batch_sharding, put_global
 from infalign_jax.ctrl.transforms import Transform
 from infalign_jax.errors import UsageError
-from infalign_jax.mesh import DATA, FSDP, replicated
+from infalign_jax.mesh import replicated
+from infalign_jax.models.sharding import param_shardings
 
-PyTree = Any
 REFERENCE_MODES = ("online", "offline")
-
-
-class Policy(Protocol):
-    def sample(self, params: PyTree, batch: PyTree, rng: jax.Array, num_samples: int) -> PyTree: ...
-
-    def logprobs(self, params: PyTree, batch: PyTree, samples: PyTree) -> tuple[jax.Array, jax.Array]: ...
-
-
-Scorer = Callable[[PyTree, PyTree, PyTree], jax.Array]
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,85 +95,6 @@ class TrainState:
             "rng": self.rng,
             "data_pos": self.data_pos,
         }
-
-
-def make_optimizer(
-    lr: float,
-    total_steps: int,
-    warmup_steps: int = 0,
-    schedule: str = "cosine",
-    end_factor: float = 0.0,
-    weight_decay: float = 0.0,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    max_grad_norm: float | None = 1.0,
-    updates_per_step: int = 1,
-) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW with warmup + (cosine | linear | constant) schedule.
-
-    ``total_steps`` and ``warmup_steps`` count TRAIN steps; a train step makes ``updates_per_step`` optimizer
-    updates (its ``ppo_epochs``), which all use that step's learning rate — so the schedule spans the run
-    whatever the number of epochs (counted in updates, it would end ``ppo_epochs`` times too early and leave
-    the rest of the run at the end learning rate)."""
-    if lr <= 0:
-        raise UsageError(f"learning rate must be > 0, got {lr}")
-    if updates_per_step < 1:
-        raise UsageError(f"updates_per_step must be >= 1, got {updates_per_step}")
-    decay_steps = max(total_steps - warmup_steps, 1)
-    if schedule == "cosine":
-        decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=end_factor)
-    elif schedule == "linear":
-        decay = optax.linear_schedule(lr, lr * end_factor, decay_steps)
-    elif schedule == "constant":
-        decay = optax.constant_schedule(lr)
-    else:
-        raise UsageError(f"unknown lr schedule {schedule!r}; expected cosine, linear or constant")
-    sched = (
-        decay
-        if warmup_steps <= 0
-        else optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay], [warmup_steps])
-    )
-    if updates_per_step > 1:
-        per_step = sched
-        sched = lambda count: per_step(count // updates_per_step)
-    parts = [] if max_grad_norm is None else [optax.clip_by_global_norm(max_grad_norm)]
-    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
-    return optax.chain(*parts)
-
-
-def fsdp_sharding(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Default param sharding: the largest axis divisible by the fsdp size goes on fsdp; rest replicated."""
-    n = mesh.shape[FSDP]
-
-    def one(x):
-        shape = np.shape(x)
-        if n > 1:
-            axes = sorted(range(len(shape)), key=lambda a: -shape[a])
-            for a in axes:
-                if shape[a] % n == 0:
-                    spec = [None] * len(shape)
-                    spec[a] = FSDP
-                    return NamedSharding(mesh, PartitionSpec(*spec))
-        return replicated(mesh)
-
-    return jax.tree.map(one, tree)
-
-
-def batch_sharding(batch: PyTree, mesh: Mesh) -> PyTree:
-    return jax.tree.map(
-        lambda x: NamedSharding(mesh, PartitionSpec(DATA, *([None] * (np.ndim(x) - 1)))), batch
-    )
-
-
-def put_global(tree: PyTree, shardings: PyTree) -> PyTree:
-    """Places host numpy arrays (identical on every process) as global arrays; works multi-process."""
-
-    def one(x, sh):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
-
-    return jax.tree.map(one, tree, shardings)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -337,23 +245,26 @@ class CtrlTrainer:
         cfg: StepConfig,
         tx: optax.GradientTransformation,
         mesh: Mesh,
-        param_sharding: Callable[[PyTree, Mesh], PyTree] = fsdp_sharding,
     ):
         cfg.validate()
         self.policy, self.scorer, self.cfg, self.tx, self.mesh = policy, scorer, cfg, tx, mesh
-        self.param_sharding = param_sharding
         self._state_sharding = None
         self._jit_step = None
         self._phase_jits = None
 
     # ------------------------------------------------------------------ state
     def init_state(self, params: PyTree, ref_params: PyTree, env: PyTree, seed: int) -> TrainState:
-        """Places params/ref_params/env on the mesh (fsdp rule), creates the optimizer state there."""
+        """Places params/ref_params/env on the mesh, creates the optimizer state there.
+
+        Shardings: :func:`~infalign_jax.models.sharding.param_shardings` — the policy model's annotations
+        (``policy.param_specs()``, when the policy has it) for params and ref_params, the env's own (an
+        ``nnx.State``'s), else the largest-divisible-axis heuristic."""
         mesh = self.mesh
         rep = replicated(mesh)
-        params = put_global(params, self.param_sharding(params, mesh))
-        ref_params = put_global(ref_params, self.param_sharding(ref_params, mesh))
-        env = put_global(env, self.param_sharding(env, mesh))
+        specs = self.policy.param_specs() if hasattr(self.policy, "param_specs") else None
+        params = put_global(params, param_shardings(params, mesh, specs))
+        ref_params = put_global(ref_params, param_shardings(ref_params, mesh, specs))
+        env = put_global(env, param_shardings(env, mesh))
         # Optimizer state: every per-parameter leaf (Adam's mu, nu) takes its parameter's sharding, the rest
         # (counts) is replicated. Set explicitly: GSPMD left zeros_like moments replicated (no data dependence
         # on the params), i.e. two full copies of the model on every device under FSDP.
@@ -441,23 +352,3 @@ class CtrlTrainer:
             "time/step": t4 - t0,
         }
         return state, {**metrics, **times}
-
-
-@dataclass(frozen=True, eq=False)
-class CtrlProblem:
-    """What the CLI needs to train on a task: the pluggable policy and scorer, initial host pytrees, the data.
-
-    ``batch(position)`` returns the host (numpy) batch at a data position, identical on every process;
-    ``final_eval(host_params)`` (optional) returns a JSON-able dict written to ``<workdir>/final_eval.json``;
-    ``export(host_params, path)`` (optional) writes the trained policy in a form users take away (the LM task:
-    a transformers-layout directory, ``<workdir>/export``), called once the last step is done.
-    """
-
-    policy: Policy
-    scorer: Scorer
-    params: PyTree
-    ref_params: PyTree
-    env: PyTree
-    batch: Callable[[int], PyTree]
-    final_eval: Callable[[PyTree], dict] | None = None
-    export: Callable[[PyTree, Path], None] | None = None

@@ -1,4 +1,6 @@
-"""HH-RLHF data: parsing + TFDS builder (:mod:`.hh`) and a resumable grain loader (:mod:`.loader`).
+"""HH-RLHF data: text parsing (:mod:`.hh_text`), the TFDS dataset (:mod:`.hh_dataset`; both re-exported by
+:mod:`.hh`), a resumable grain loader (:mod:`.loader`), its HH encoders (:mod:`.encoders`) and the BPE
+tokenizer (:mod:`.tokenizer`).
 
 Names are imported lazily so ``python -m infalign_jax.data.hh`` runs without a double import.
 """
@@ -6,16 +8,16 @@ Names are imported lazily so ``python -m infalign_jax.data.hh`` runs without a d
 import importlib
 
 _EXPORTS = {
-    "HHSource": "hh",
-    "build_hh": "hh",
-    "build_or_load": "hh",
-    "dialogue_turns": "hh",
-    "load_hh": "hh",
-    "split_dialogue": "hh",
-    "split_pair": "hh",
+    "HHSource": "hh_dataset",
+    "build_hh": "hh_dataset",
+    "build_or_load": "hh_dataset",
+    "dialogue_turns": "hh_text",
+    "load_hh": "hh_dataset",
+    "split_dialogue": "hh_text",
+    "split_pair": "hh_text",
     "Loader": "loader",
-    "prompt_encoder": "loader",
-    "sft_encoder": "loader",
+    "prompt_encoder": "encoders",
+    "sft_encoder": "encoders",
 }
 
 __all__ = sorted(_EXPORTS)

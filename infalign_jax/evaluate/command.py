@@ -186,8 +186,8 @@ def _load(cfg: EvalConfig):
     """Models, judges, prompts; every mismatch is a UsageError before anything is written."""
     from infalign_jax.ctrl.hh import files_digest
     from infalign_jax.ctrl.lm import LMPolicy, RewardScorer, encode_prompts
+    from infalign_jax.data.encoders import prompt_encoder
     from infalign_jax.data.hh import build_or_load
-    from infalign_jax.data.loader import prompt_encoder
     from infalign_jax.models import from_pretrained
     from infalign_jax.reward import load_reward_model, weights_digest
 
@@ -386,6 +386,24 @@ def _load_chunk(path: Path, num_judges: int, policy: bool) -> dict:
     return out
 
 
+def cached_arrays(
+    workdir: Path, sides: Sequence[str], judges: Sequence[str], num_chunks: int
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """``(rewards, logratios)`` of a complete cache: ``rewards[side][judge]`` float64 [P, M] for every side
+    (``sides[0]`` is π_ref, then the policies in the order evaluated), ``logratios[policy]`` [P, M]."""
+    rewards: dict[str, dict[str, np.ndarray]] = {}
+    logratios: dict[str, np.ndarray] = {}
+    for s, name in enumerate(sides):
+        parts = [_load_chunk(_chunk_path(workdir, s, c), len(judges), s > 0) for c in range(num_chunks)]
+        rewards[name] = {
+            judge: np.concatenate([p[f"rewards_{j}"] for p in parts]).astype(np.float64)
+            for j, judge in enumerate(judges)
+        }
+        if s > 0:
+            logratios[name] = np.concatenate([p["logratio"] for p in parts])
+    return rewards, logratios
+
+
 # ----------------------------------------------------------------------------------------------- driver
 def run_evaluation(cfg: EvalConfig, progress: bool = True) -> dict:
     """Runs (or resumes) the evaluation of ``cfg``; writes ``eval.json`` and ``win_rates.png`` into the
@@ -427,16 +445,7 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True) -> dict:
             bar.close()
 
     judge_names = [name for name, _ in cfg.judges]
-    rewards: dict[str, dict[str, np.ndarray]] = {}
-    logratios: dict[str, np.ndarray] = {}
-    for s, side in enumerate(sides):
-        parts = [_load_chunk(_chunk_path(workdir, s, c), len(scorers), s > 0) for c in range(num_chunks)]
-        rewards[side.name] = {
-            judge: np.concatenate([p[f"rewards_{j}"] for p in parts]).astype(np.float64)
-            for j, judge in enumerate(judge_names)
-        }
-        if s > 0:
-            logratios[side.name] = np.concatenate([p["logratio"] for p in parts])
+    rewards, logratios = cached_arrays(workdir, [side.name for side in sides], judge_names, num_chunks)
     results = summarize(rewards, logratios, procedures, REFERENCE, cfg.bootstrap, cfg.seed)
     report = {
         "format": FORMAT,
@@ -559,7 +568,7 @@ def _split_procedures(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from infalign_jax.analytic.command import enable_compilation_cache
+    from infalign_jax.commands.compilation_cache import enable_compilation_cache
 
     cfg, progress = parse_args(argv)
     enable_compilation_cache()  # the sampler / scorer compilations are reused by later runs

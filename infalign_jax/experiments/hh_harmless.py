@@ -20,6 +20,8 @@ Stages, each run through its own CLI's library entry point in this process and s
    both judges, procedures won:4 (primary), won:2, won:8, bon:4, standard
 8. ``results``   summary.json (matched-KL comparisons, :mod:`infalign_jax.experiments.matched_kl`),
    frontier figure, results.md
+9. ``diagnose``  diagnostics.json + diagnostics.md (:mod:`infalign_jax.experiments.diagnostics`): why the
+   methods do or do not differ — judge agreement, theory at the measured KL, training curves, prompts needed
 
 W/experiment.json records scale and seed (a rerun with others is refused, exit 2); W/plan.json the solver's t
 and every method's β (made once, after the table); W/stages.json every stage's wall time.
@@ -311,7 +313,7 @@ def run_experiment(
 ) -> dict:
     """Runs (or resumes) every stage; returns ``summary.json``'s content."""
     from infalign_jax import calibrate, sft, train, train_rm
-    from infalign_jax.data import hh as data_hh
+    from infalign_jax.commands import hh_data
     from infalign_jax.evaluate.command import EvalConfig, run_evaluation
     from infalign_jax.experiments import results as results_mod
 
@@ -330,7 +332,7 @@ def run_experiment(
     stages = _Stages(workdir)
     cfg = lambda name: str(REPO / "configs" / name)  # noqa: E731
 
-    stages.run("data", lambda: _cli(data_hh.main, ["--data-dir", str(paths["data"])]))
+    stages.run("data", lambda: _cli(hh_data.main, ["--data-dir", str(paths["data"])]))
     stages.run(
         "sft",
         lambda: _cli(
@@ -431,6 +433,13 @@ def run_experiment(
         return results_mod.write_results(summary, report_box["report"], results_dir)
 
     stages.run("results", write_results)
+
+    def write_diagnostics() -> str:
+        from infalign_jax.experiments import diagnostics
+
+        return diagnostics.write(diagnostics.diagnose(workdir), results_dir)
+
+    stages.run("diagnose", write_diagnostics)
     return summary_box["summary"]
 
 
@@ -450,7 +459,7 @@ def parse_args(argv: Sequence[str] | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from infalign_jax.analytic.command import enable_compilation_cache
+    from infalign_jax.commands.compilation_cache import enable_compilation_cache
 
     a = parse_args(argv)
     enable_compilation_cache()  # later runs (and a resumed one) reuse the stages' compilations

@@ -99,7 +99,8 @@ def build_summary(report: dict, plan: dict, settings: dict, compare_kls, stage_s
         "methods": methods,
         "comparisons": comparisons,
         "not_compared": not_compared,
-        "stage_seconds": {k: v for k, v in stage_seconds.items() if k != "results"},
+        # The stages that write the results themselves are not in them (their time is in W/stages.json).
+        "stage_seconds": {k: v for k, v in stage_seconds.items() if k not in ("results", "diagnose")},
         "bootstrap": {"resamples": int(boot["resamples"]), "seed": int(boot["seed"]), "unit": "prompt"},
     }
 

@@ -6,12 +6,12 @@ produces it, so its score of a policy sample can be computed on the sampled toke
 step, with no decode / re-tokenize host callback (:class:`infalign_jax.ctrl.token_scorer.TokenRewardScorer`):
 
 - prompt: ``<bos>`` + the prompt's last ``max_prompt_tokens - 1`` tokens, by the policy's own prompt encoder
-  (:func:`infalign_jax.data.loader.prompt_encoder`, left truncation keeps the final ``"Assistant:"``);
+  (:func:`infalign_jax.data.encoders.prompt_encoder`, left truncation keeps the final ``"Assistant:"``);
 - response: the tokens of ``" " + reply.strip()`` followed by ``<eos>``, then the first
   ``max_response_tokens`` of them — what SFT trained the policy to produce after a prompt
-  (:func:`~infalign_jax.data.loader.sft_encoder` joins ``f"{prompt} {reply}"`` and ends a complete reply with
-  ``<eos>``), so a sampled response ``[y_1 .. y_n, <eos>]`` is scored as the same ids. A reply longer than
-  the budget loses its ``<eos>``, like a policy sample cut at ``max_new_tokens``.
+  (:func:`~infalign_jax.data.encoders.sft_encoder` joins ``f"{prompt} {reply}"`` and ends a complete reply
+  with ``<eos>``), so a sampled response ``[y_1 .. y_n, <eos>]`` is scored as the same ids. A reply longer
+  than the budget loses its ``<eos>``, like a policy sample cut at ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class PolicyTokenizer:
     """Text pairs -> policy-token id lists in the CTRL policy's layout (module docstring)."""
 
     def __init__(self, tokenizer, bos_id: int, eos_id: int, max_prompt_tokens: int, max_response_tokens: int):
-        from infalign_jax.data.loader import _backend, prompt_encoder
+        from infalign_jax.data.encoders import _backend, prompt_encoder
 
         self.tokenizer = tokenizer
         self.bos_id, self.eos_id = int(bos_id), int(eos_id)

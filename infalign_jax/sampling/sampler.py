@@ -24,7 +24,6 @@ CTRL trainer).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -34,6 +33,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from infalign_jax import padding
 from infalign_jax.errors import UsageError
 from infalign_jax.mesh import DATA, data_sharding
 from infalign_jax.sampling.filters import NEG_INF, SamplingConfig, model_logprob, sample_token
@@ -191,10 +191,6 @@ def generate(
     )
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 def pad_prompts(
     prompts: Sequence[Sequence[int]],
     *,
@@ -202,27 +198,24 @@ def pad_prompts(
     batch_multiple: int = 1,
     pad_id: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pads token lists to ``[B', T]``: T = smallest length bucket that fits, B' = next power of two >= B
-    rounded up to ``batch_multiple``. Padding rows hold one real ``pad_id`` token (so attention is never
-    empty); callers drop them. Returns (tokens int32 [B', T], mask int32 [B', T])."""
+    """Left-pads token lists to ``[B', T]``: T = smallest length bucket that fits (a longer prompt is an
+    error), B' = next power of two >= B rounded up to ``batch_multiple`` (:mod:`infalign_jax.padding`).
+    Padding rows hold one real ``pad_id`` token (so attention is never empty); callers drop them. Returns
+    (tokens int32 [B', T], mask int32 [B', T])."""
     prompts = [list(p) for p in prompts]
     if not prompts:
         raise UsageError("no prompts given")
     if empty := [i for i, p in enumerate(prompts) if not p]:
         raise UsageError(f"prompt(s) {empty} have no tokens; each prompt needs at least one (e.g. BOS)")
-    longest = max(map(len, prompts))
-    fits = [t for t in sorted(length_buckets) if t >= longest]
-    if not fits:
-        biggest = max(length_buckets)
-        raise UsageError(f"prompt of {longest} tokens exceeds the largest length bucket {biggest}")
-    T = fits[0]
-    B = _round_up(1 << math.ceil(math.log2(len(prompts))), batch_multiple)
-    tokens = np.full((B, T), pad_id, np.int32)
-    mask = np.zeros((B, T), np.int32)
-    mask[len(prompts) :, -1] = 1
-    for i, p in enumerate(prompts):
-        tokens[i, T - len(p) :] = p
-        mask[i, T - len(p) :] = 1
+    T = padding.bucket_size(
+        max(map(len, prompts)),
+        length_buckets,
+        overflow="raise",
+        too_long=lambda n, top: f"prompt of {n} tokens exceeds the largest length bucket {top}",
+    )
+    B = padding.pow2_batch(len(prompts), batch_multiple)
+    tokens, mask = padding.pad_rows(prompts, T, B, side="left", pad_value=pad_id)
+    mask[len(prompts) :, -1] = 1  # padding rows (padding.valid_rows: False) attend to one pad token
     return tokens, mask
 
 

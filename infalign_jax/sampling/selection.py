@@ -133,16 +133,16 @@ def worst_of_n(sampler: Sampler, prompts, n: int, reward_fn: RewardFn, **kw) -> 
 
 def text_reward_fn(score_texts: Callable[[list[str], list[str]], Sequence[float]], tokenizer) -> RewardFn:
     """Adapts ``score_texts(prompts: list[str], responses: list[str]) -> rewards`` (flat, B*N pairs) to the
-    array protocol by decoding tokens with ``tokenizer.decode`` (padding and everything after EOS dropped)."""
+    array protocol by decoding tokens with the package's one decoding step
+    (:func:`infalign_jax.reward.adapter.decode_rows`: padding and everything after EOS dropped)."""
+    from infalign_jax.reward.adapter import decode_rows
 
     def reward_fn(prompt_bt, prompt_mask_bt, tokens_bnl, mask_bnl):
-        prompt_bt, prompt_mask_bt = np.asarray(prompt_bt), np.asarray(prompt_mask_bt).astype(bool)
-        tokens_bnl, mask_bnl = np.asarray(tokens_bnl), np.asarray(mask_bnl).astype(bool)
-        B, N = tokens_bnl.shape[:2]
-        decode = lambda ids: tokenizer.decode(ids.tolist(), skip_special_tokens=True)  # BOS etc. are not text
-        prompts = [decode(prompt_bt[b][prompt_mask_bt[b]]) for b in range(B)]
+        tokens_bnl, mask_bnl = np.asarray(tokens_bnl), np.asarray(mask_bnl)
+        B, N, L = tokens_bnl.shape
+        prompts = decode_rows(tokenizer, prompt_bt, prompt_mask_bt)
         flat_p = [prompts[b] for b in range(B) for _ in range(N)]
-        flat_r = [decode(tokens_bnl[b, i][mask_bnl[b, i]]) for b in range(B) for i in range(N)]
+        flat_r = decode_rows(tokenizer, tokens_bnl.reshape(B * N, L), mask_bnl.reshape(B * N, L))
         return np.asarray(score_texts(flat_p, flat_r), dtype=np.float64).reshape(B, N)
 
     return reward_fn
